@@ -1,0 +1,23 @@
+/* main.c: the kiln command line (kiln run | tokenize | serve | template | bench ...).
+ * Wiring only: parses flags, calls the library, and is the only place that exits. */
+#include <stdio.h>
+#include <string.h>
+
+#include "base/base.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: kiln <command> [options]\n"
+               "commands:\n"
+               "  run        generate text from a prompt\n"
+               "  tokenize   print the token ids of stdin\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 1;
+}
