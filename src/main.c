@@ -4,12 +4,14 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "cmd/cmd.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: kiln <command> [options]\n"
                "commands:\n"
                "  run        generate text from a prompt\n"
-               "  tokenize   print the token ids of stdin\n");
+               "  tokenize   print the token ids of stdin\n"
+               "  eval       dump the logits of a token id sequence (tests)\n");
 }
 
 int main(int argc, char **argv) {
@@ -17,6 +19,8 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 1 : 0;
     }
+    if (!strcmp(argv[1], "run")) return kiln_cmd_run(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "eval")) return kiln_cmd_eval(argc - 1, argv + 1);
     fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 1;

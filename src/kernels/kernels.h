@@ -1,0 +1,85 @@
+/* kernels.h: the numeric kernels of the forward pass, their data layouts (ggml block formats) and
+ * the dispatch table that picks an implementation at start-up. ref.c is the scalar spec; faster
+ * variants (per ISA) must match it within a per-op tolerance. Kernels include only base/.
+ * Threads: every kernel is reentrant; kiln_matmul runs its own OpenMP team over output rows (the
+ * others are called from inside the caller's parallel regions or serially). */
+#ifndef KILN_KERNELS_H
+#define KILN_KERNELS_H
+
+#include "base/base.h"
+
+/* Weight element types, ggml numbering (the same values as kiln_dtype of model/gguf.h). */
+typedef enum kiln_wtype {
+    KILN_WTYPE_F32 = 0,
+    KILN_WTYPE_F16 = 1,
+    KILN_WTYPE_Q4_0 = 2,
+    KILN_WTYPE_Q8_0 = 8,
+    KILN_WTYPE_BF16 = 30,
+} kiln_wtype;
+
+/* Q8_0: 32 elements; value i = qs[i] * d. */
+#define KILN_QK8_0 32
+typedef struct kiln_block_q8_0 {
+    uint16_t d;               /* f16 scale */
+    int8_t qs[KILN_QK8_0];    /* quants */
+} kiln_block_q8_0;
+_Static_assert(sizeof(kiln_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/* Q4_0: 32 elements; byte j holds element j in its low nibble and element j + 16 in its high
+ * nibble; value = (q - 8) * d. */
+#define KILN_QK4_0 32
+typedef struct kiln_block_q4_0 {
+    uint16_t d;                   /* f16 scale */
+    uint8_t qs[KILN_QK4_0 / 2];   /* nibbles */
+} kiln_block_q4_0;
+_Static_assert(sizeof(kiln_block_q4_0) == 18, "Q4_0 block is 18 bytes");
+
+/* True when t is a weight type the kernels handle; *block_elems / *block_bytes describe it. */
+bool kiln_wtype_block(kiln_wtype t, size_t *block_elems, size_t *block_bytes);
+/* Bytes of one row of n elements of type t (n must be a multiple of the block size). */
+size_t kiln_wtype_row_bytes(kiln_wtype t, int64_t n);
+
+/* RoPE variants (the same values as kiln_rope_type of model/model.h). */
+enum { KILN_KROPE_NORM = 0, KILN_KROPE_NEOX = 1 };
+
+/* The kernel table. Shapes are row-major; "(a, b)" means a rows of b contiguous floats. */
+typedef struct kiln_kernels {
+    const char *name;
+    /* src: one row of n elements of type t (n a multiple of its block) -> dst (n,) f32. */
+    void (*dequant_row)(kiln_wtype t, const void *src, float *dst, int64_t n);
+    /* w (n_out, n_in) of type t, row stride row_bytes @ x (n_x, n_in) f32 -> y (n_x, n_out).
+     * OpenMP over output rows with n_threads (<= 0: the runtime default). y does not alias x. */
+    void (*matmul)(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
+                   const float *x, int64_t n_x, float *y, int n_threads);
+    /* out (n,) = x (n,) / sqrt(mean(x^2) + eps) * w (n,); w NULL means ones. out may be x. */
+    void (*rmsnorm)(const float *x, const float *w, int64_t n, float eps, float *out);
+    /* In place on x (n_heads, head_dim): rotates the first n_rot dims of each head by pos.
+     * freq i (0 <= i < n_rot/2) = theta_base^(-2i/n_rot) / freq_factors[i] (factors may be NULL);
+     * pairs are (2i, 2i+1) for NORM, (i, i + n_rot/2) for NEOX. */
+    void (*rope)(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pos,
+                 float theta_base, const float *freq_factors, int rope_type);
+    /* g (n,) = silu(g) * u (n,). */
+    void (*silu_mul)(float *g, const float *u, int64_t n);
+    /* In place, numerically stable (max subtracted). */
+    void (*softmax)(float *x, int64_t n);
+    /* sum a[i] * b[i] over n. */
+    float (*dot)(const float *a, const float *b, int64_t n);
+    /* y (n,) += a * x (n,). */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
+} kiln_kernels;
+
+/* The scalar reference table (always available). */
+extern const kiln_kernels kiln_kernels_ref;
+
+/* The table chosen at start-up: KILN_KERNELS=ref|<name> forces one (an unknown name logs a
+ * warning and falls back to the best available); otherwise the best for this CPU. Thread-safe. */
+const kiln_kernels *kiln_kernels_get(void);
+/* A table by name, NULL if not built in or not supported by this CPU (for tests). */
+const kiln_kernels *kiln_kernels_find(const char *name);
+
+/* Embedding lookup: row `id` of table (n_rows, n_cols) of type t with the given row stride,
+ * dequantized into dst (n_cols,). */
+void kiln_embed_row(const kiln_kernels *k, kiln_wtype t, const void *table, size_t row_bytes,
+                    int64_t id, int64_t n_cols, float *dst);
+
+#endif

@@ -1,0 +1,210 @@
+/* forward.c: the batched forward pass. Rows from any number of sequences go through each layer
+ * together: projections are one matmul over all rows; each row's K/V is written into its
+ * sequence's paged cache slot, then each (row, head) attends over positions 0..pos of its own
+ * sequence through the block table (GQA: n_head / n_head_kv query heads share a KV head).
+ * A row's result never depends on the other rows of the batch (batching invariance).
+ * Thread: the engine thread, one call at a time per model; OpenMP inside. No allocation once the
+ * scratch has grown to the largest batch. */
+#include "model/internal.h"
+
+#include <math.h>
+#include <string.h>
+
+void kiln_scratch_free(kiln_scratch *s) {
+    kiln_free(s->x);
+    kiln_free(s->xn);
+    kiln_free(s->q);
+    kiln_free(s->k);
+    kiln_free(s->v);
+    kiln_free(s->att);
+    kiln_free(s->tmp);
+    kiln_free(s->gate);
+    kiln_free(s->up);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Grows the scratch to hold n_rows rows (all buffers or none are replaced). */
+static kiln_err scratch_reserve(kiln_model *m, int32_t n_rows) {
+    kiln_scratch *s = &m->s;
+    if (n_rows <= s->cap_rows) return KILN_OK;
+    const kiln_hparams *hp = &m->hp;
+    size_t qd = (size_t)hp->n_head * (size_t)hp->head_dim;
+    size_t kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    size_t widths[9] = {(size_t)hp->n_embd, (size_t)hp->n_embd, qd, kvd, kvd, qd,
+                        (size_t)hp->n_embd, (size_t)hp->n_ff, (size_t)hp->n_ff};
+    kiln_scratch n = {.cap_rows = n_rows};
+    float **bufs[9] = {&n.x, &n.xn, &n.q, &n.k, &n.v, &n.att, &n.tmp, &n.gate, &n.up};
+    for (int i = 0; i < 9; i++) {
+        size_t bytes;
+        if (!kiln_mul_size(widths[i], (size_t)n_rows, &bytes) || !kiln_mul_size(bytes, sizeof(float), &bytes) ||
+            !(*bufs[i] = kiln_malloc(bytes))) {
+            kiln_scratch_free(&n);
+            return kiln_errf(KILN_ERR_NOMEM, "forward: cannot grow scratch to %d rows", n_rows);
+        }
+    }
+    kiln_scratch_free(s);
+    *s = n;
+    return KILN_OK;
+}
+
+/* Every check that can fail happens here, before any cache slot is written. */
+static kiln_err validate(const kiln_model *m, const kiln_kv *kv, const kiln_batch *b, const float *logits) {
+    if (!b) return kiln_errf(KILN_ERR_INVALID, "forward: no batch");
+    if (b->n_rows < 0 || (b->n_rows > 0 && !b->rows))
+        return kiln_errf(KILN_ERR_INVALID, "forward: bad row count %d", b->n_rows);
+    if (b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
+        return kiln_errf(KILN_ERR_INVALID, "forward: bad sequence count %d", b->n_seqs);
+    if (kv->n_layer != m->hp.n_layer || kv->n_kv_dim != m->hp.n_head_kv * m->hp.head_dim)
+        return kiln_errf(KILN_ERR_INVALID, "forward: the KV cache was made for another model");
+    for (int32_t s = 0; s < b->n_seqs; s++) {
+        const kiln_batch_seq *sq = &b->seqs[s];
+        if (sq->n_blocks < 0 || (sq->n_blocks > 0 && !sq->block_table))
+            return kiln_errf(KILN_ERR_INVALID, "forward: sequence %d: bad block table", s);
+        for (int32_t i = 0; i < sq->n_blocks; i++)
+            if (sq->block_table[i] < 0 || sq->block_table[i] >= kv->n_blocks || kv->refcount[sq->block_table[i]] < 1)
+                return kiln_errf(KILN_ERR_INVALID, "forward: sequence %d: block table entry %d (%d) is not an allocated block",
+                                 s, i, sq->block_table[i]);
+    }
+    for (int32_t r = 0; r < b->n_rows; r++) {
+        const kiln_batch_row *row = &b->rows[r];
+        if (row->token < 0 || row->token >= m->hp.n_vocab)
+            return kiln_errf(KILN_ERR_INVALID, "forward: row %d: token id %d out of range [0, %d)", r, row->token,
+                             m->hp.n_vocab);
+        if (row->want_logits && !logits)
+            return kiln_errf(KILN_ERR_INVALID, "forward: row %d wants logits but no buffer was given", r);
+        if (row->seq < 0 || row->seq >= b->n_seqs)
+            return kiln_errf(KILN_ERR_INVALID, "forward: row %d: sequence %d out of range", r, row->seq);
+        const kiln_batch_seq *sq = &b->seqs[row->seq];
+        if (row->pos < 0 || row->pos / kv->block_size >= sq->n_blocks)
+            return kiln_errf(KILN_ERR_INVALID, "forward: row %d: position %d not covered by its block table (%d blocks of %d)",
+                             r, row->pos, sq->n_blocks, kv->block_size);
+        int32_t blk = sq->block_table[row->pos / kv->block_size];
+        if (kv->refcount[blk] != 1)
+            return kiln_errf(KILN_ERR_INVALID, "forward: row %d: position %d falls in shared block %d (refcount %d)", r,
+                             row->pos, blk, kv->refcount[blk]);
+        /* Rows of one sequence come in increasing position order (O(rows) per row scanned
+         * backwards to the previous row of the same sequence). */
+        for (int32_t p = r - 1; p >= 0; p--) {
+            if (b->rows[p].seq != row->seq) continue;
+            if (b->rows[p].pos >= row->pos)
+                return kiln_errf(KILN_ERR_INVALID, "forward: row %d: position %d does not follow position %d of its sequence",
+                                 r, row->pos, b->rows[p].pos);
+            break;
+        }
+    }
+    return KILN_OK;
+}
+
+static void add_bias(float *y, const float *bias, int32_t n_rows, int64_t width) {
+    if (!bias) return;
+    for (int32_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < width; i++) y[r * width + i] += bias[i];
+}
+
+/* One (row, head) of attention with an online softmax: out (head_dim,) = softmax(q.K^T * scale)
+ * . V over positions 0..pos of the row's sequence. */
+static void attend(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const kiln_batch_seq *sq, int32_t pos,
+                   const float *q, int32_t kv_off, int32_t hd, float scale, float *out) {
+    float acc[KILN_MAX_HEAD_DIM];
+    float mx = -INFINITY, l = 0;
+    memset(acc, 0, (size_t)hd * sizeof(float));
+    for (int32_t p = 0; p <= pos; p++) {
+        int32_t blk = sq->block_table[p / kv->block_size];
+        size_t slot = (size_t)(p % kv->block_size) * (size_t)kv->n_kv_dim + (size_t)kv_off;
+        const float *kp = kiln_kv_k(kv, blk, il) + slot;
+        const float *vp = kiln_kv_v(kv, blk, il) + slot;
+        float s = k->dot(q, kp, hd) * scale;
+        if (s > mx) {
+            float corr = expf(mx - s); /* exp(-inf) = 0 on the first position */
+            l *= corr;
+            for (int32_t i = 0; i < hd; i++) acc[i] *= corr;
+            mx = s;
+        }
+        float w = expf(s - mx);
+        l += w;
+        k->axpy(w, vp, acc, hd);
+    }
+    float inv = 1.0f / l;
+    for (int32_t i = 0; i < hd; i++) out[i] = acc[i] * inv;
+}
+
+kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch, float *logits) {
+    kiln_err err;
+    if ((err = validate(m, kv, batch, logits))) return err;
+    const int32_t n = batch->n_rows;
+    if (n == 0) return KILN_OK;
+    if ((err = scratch_reserve(m, n))) return err;
+    const kiln_hparams *hp = &m->hp;
+    const kiln_kernels *k = m->k;
+    kiln_scratch *s = &m->s;
+    const int nt = m->n_threads;
+    const int32_t d = hp->n_embd, hd = hp->head_dim, n_head = hp->n_head;
+    const int32_t qd = n_head * hd, kvd = hp->n_head_kv * hd, group = n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const kiln_batch_row *rows = batch->rows;
+
+    for (int32_t r = 0; r < n; r++)
+        kiln_embed_row(k, m->tok_embd.type, m->tok_embd.data, m->tok_embd.row_bytes, rows[r].token, d,
+                       s->x + (size_t)r * d);
+
+    for (int32_t il = 0; il < hp->n_layer; il++) {
+        const kiln_layer *ly = &m->layers[il];
+        /* attention block */
+        for (int32_t r = 0; r < n; r++)
+            k->rmsnorm(s->x + (size_t)r * d, ly->attn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
+        k->matmul(ly->wq.type, ly->wq.data, ly->wq.row_bytes, qd, d, s->xn, n, s->q, nt);
+        k->matmul(ly->wk.type, ly->wk.data, ly->wk.row_bytes, kvd, d, s->xn, n, s->k, nt);
+        k->matmul(ly->wv.type, ly->wv.data, ly->wv.row_bytes, kvd, d, s->xn, n, s->v, nt);
+        add_bias(s->q, ly->bq, n, qd);
+        add_bias(s->k, ly->bk, n, kvd);
+        add_bias(s->v, ly->bv, n, kvd);
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int32_t r = 0; r < n; r++) {
+            float *q = s->q + (size_t)r * qd, *kr = s->k + (size_t)r * kvd, *vr = s->v + (size_t)r * kvd;
+            if (ly->q_norm)
+                for (int32_t h = 0; h < n_head; h++) k->rmsnorm(q + h * hd, ly->q_norm, hd, hp->norm_eps, q + h * hd);
+            if (ly->k_norm)
+                for (int32_t h = 0; h < hp->n_head_kv; h++)
+                    k->rmsnorm(kr + h * hd, ly->k_norm, hd, hp->norm_eps, kr + h * hd);
+            k->rope(q, n_head, hd, m->n_rot, rows[r].pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
+            k->rope(kr, hp->n_head_kv, hd, m->n_rot, rows[r].pos, hp->rope_theta, m->freq_factors,
+                    (int)hp->rope_type);
+            const kiln_batch_seq *sq = &batch->seqs[rows[r].seq];
+            int32_t blk = sq->block_table[rows[r].pos / kv->block_size];
+            size_t slot = (size_t)(rows[r].pos % kv->block_size) * (size_t)kvd;
+            memcpy(kiln_kv_k(kv, blk, il) + slot, kr, (size_t)kvd * sizeof(float));
+            memcpy(kiln_kv_v(kv, blk, il) + slot, vr, (size_t)kvd * sizeof(float));
+        }
+        /* Every row's K/V is in the cache now; rows of one sequence see each other causally. */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t rh = 0; rh < (int64_t)n * n_head; rh++) {
+            int32_t r = (int32_t)(rh / n_head), h = (int32_t)(rh % n_head);
+            attend(k, kv, il, &batch->seqs[rows[r].seq], rows[r].pos, s->q + (size_t)r * qd + (size_t)h * hd,
+                   (h / group) * hd, hd, scale, s->att + (size_t)r * qd + (size_t)h * hd);
+        }
+        k->matmul(ly->wo.type, ly->wo.data, ly->wo.row_bytes, d, qd, s->att, n, s->tmp, nt);
+        for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
+
+        /* feed-forward block (SwiGLU) */
+        for (int32_t r = 0; r < n; r++)
+            k->rmsnorm(s->x + (size_t)r * d, ly->ffn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
+        k->matmul(ly->w_gate.type, ly->w_gate.data, ly->w_gate.row_bytes, hp->n_ff, d, s->xn, n, s->gate, nt);
+        k->matmul(ly->w_up.type, ly->w_up.data, ly->w_up.row_bytes, hp->n_ff, d, s->xn, n, s->up, nt);
+        k->silu_mul(s->gate, s->up, (int64_t)n * hp->n_ff);
+        k->matmul(ly->w_down.type, ly->w_down.data, ly->w_down.row_bytes, d, hp->n_ff, s->gate, n, s->tmp, nt);
+        for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
+    }
+
+    /* Final norm and the output projection, only for the rows that want logits. */
+    int32_t n_out = 0;
+    for (int32_t r = 0; r < n; r++) {
+        if (!rows[r].want_logits) continue;
+        k->rmsnorm(s->x + (size_t)r * d, m->output_norm, d, hp->norm_eps, s->xn + (size_t)n_out * d);
+        n_out++;
+    }
+    if (n_out > 0) {
+        KILN_ASSERT(logits);
+        k->matmul(m->output.type, m->output.data, m->output.row_bytes, hp->n_vocab, d, s->xn, n_out, logits, nt);
+    }
+    return KILN_OK;
+}
