@@ -1,0 +1,217 @@
+/* test_kernels.c: the reference kernels against direct double-precision formulas written here
+ * from the definitions (ggml block layouts, RMSNorm, RoPE as complex rotation, softmax, SiLU),
+ * plus the dispatch table. Every other kernel table is checked against ref on random shapes. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "kernels/kernels.h"
+#include "test.h"
+
+static const kiln_kernels *K;
+
+static float frand(kiln_rng *r) { return (float)(kiln_rng_uniform(r) * 2 - 1); }
+
+/* Q8_0: value = qs[i] * d, d stored as f16. */
+static void dequant_q8_0(void) {
+    kiln_block_q8_0 b[2];
+    for (int i = 0; i < 2; i++) {
+        b[i].d = kiln_f32_to_f16(i ? 0.25f : -0.5f);
+        for (int j = 0; j < 32; j++) b[i].qs[j] = (int8_t)(j * 7 - 100 + i);
+    }
+    float out[64];
+    K->dequant_row(KILN_WTYPE_Q8_0, b, out, 64);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 32; j++) CHECK_NEAR(out[i * 32 + j], (j * 7 - 100 + i) * (i ? 0.25 : -0.5), 0);
+}
+
+/* Q4_0: byte j low nibble = element j, high nibble = element j + 16; value (q - 8) * d. */
+static void dequant_q4_0(void) {
+    kiln_block_q4_0 b;
+    b.d = kiln_f32_to_f16(1.5f);
+    int q[32];
+    for (int j = 0; j < 32; j++) q[j] = (j * 5 + 3) % 16;
+    for (int j = 0; j < 16; j++) b.qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+    float out[32];
+    K->dequant_row(KILN_WTYPE_Q4_0, &b, out, 32);
+    for (int j = 0; j < 32; j++) CHECK_NEAR(out[j], (q[j] - 8) * 1.5, 0);
+}
+
+static void dequant_half(void) {
+    uint16_t h[4] = {0x3c00, 0xc000, 0x3555, 0x0001}; /* 1, -2, ~0.333, smallest subnormal */
+    float out[4];
+    K->dequant_row(KILN_WTYPE_F16, h, out, 4);
+    CHECK_NEAR(out[0], 1.0, 0);
+    CHECK_NEAR(out[1], -2.0, 0);
+    CHECK_NEAR(out[2], 0.333251953125, 0);
+    CHECK_NEAR(out[3], ldexp(1.0, -24), 0);
+    uint16_t bf[3] = {0x3f80, 0xc040, 0x3e20}; /* 1, -3, 0.15625 */
+    K->dequant_row(KILN_WTYPE_BF16, bf, out, 3);
+    CHECK_NEAR(out[0], 1.0, 0);
+    CHECK_NEAR(out[1], -3.0, 0);
+    CHECK_NEAR(out[2], 0.15625, 0);
+}
+
+/* Random weights of type t (n_out, n_in): returns the raw bytes and fills wf with the values
+ * they decode to (computed here from the block definition). */
+static void *make_weights(kiln_wtype t, int n_out, int n_in, kiln_rng *r, double *wf) {
+    size_t rb = kiln_wtype_row_bytes(t, n_in);
+    uint8_t *w = malloc(rb * (size_t)n_out);
+    for (int o = 0; o < n_out; o++) {
+        uint8_t *row = w + rb * (size_t)o;
+        for (int i = 0; i < n_in; i++) {
+            double *dst = wf + (size_t)o * n_in + i;
+            float v = frand(r);
+            switch (t) {
+            case KILN_WTYPE_F32: ((float *)row)[i] = v, *dst = v; break;
+            case KILN_WTYPE_F16: ((uint16_t *)row)[i] = kiln_f32_to_f16(v), *dst = kiln_f16_to_f32(kiln_f32_to_f16(v)); break;
+            case KILN_WTYPE_BF16: ((uint16_t *)row)[i] = kiln_f32_to_bf16(v), *dst = kiln_bf16_to_f32(kiln_f32_to_bf16(v)); break;
+            case KILN_WTYPE_Q8_0: {
+                kiln_block_q8_0 *b = (kiln_block_q8_0 *)row + i / 32;
+                if (i % 32 == 0) b->d = kiln_f32_to_f16(0.01f + 0.001f * (float)(i / 32));
+                b->qs[i % 32] = (int8_t)(kiln_rng_u64(r) % 255 - 127);
+                *dst = b->qs[i % 32] * (double)kiln_f16_to_f32(b->d);
+                break;
+            }
+            case KILN_WTYPE_Q4_0: {
+                kiln_block_q4_0 *b = (kiln_block_q4_0 *)row + i / 32;
+                int j = i % 32, q = (int)(kiln_rng_u64(r) % 16);
+                if (j == 0) {
+                    b->d = kiln_f32_to_f16(0.05f);
+                    memset(b->qs, 0, 16);
+                }
+                b->qs[j % 16] |= (uint8_t)(j < 16 ? q : q << 4);
+                *dst = (q - 8) * (double)kiln_f16_to_f32(b->d);
+                break;
+            }
+            }
+        }
+    }
+    return w;
+}
+
+static void matmul_all_types(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 42);
+    kiln_wtype types[] = {KILN_WTYPE_F32, KILN_WTYPE_F16, KILN_WTYPE_BF16, KILN_WTYPE_Q8_0, KILN_WTYPE_Q4_0};
+    int shapes[][3] = {{1, 32, 1}, {7, 64, 3}, {33, 320, 5}, {5, 544, 2}}; /* n_out, n_in, n_x */
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(types); ti++) {
+        for (size_t si = 0; si < KILN_ARRAY_LEN(shapes); si++) {
+            int n_out = shapes[si][0], n_in = shapes[si][1], n_x = shapes[si][2];
+            double *wf = malloc(sizeof(double) * (size_t)n_out * n_in);
+            void *w = make_weights(types[ti], n_out, n_in, &r, wf);
+            float *x = malloc(sizeof(float) * (size_t)n_x * n_in), *y = malloc(sizeof(float) * (size_t)n_x * n_out);
+            for (int i = 0; i < n_x * n_in; i++) x[i] = frand(&r);
+            K->matmul(types[ti], w, kiln_wtype_row_bytes(types[ti], n_in), n_out, n_in, x, n_x, y, 2);
+            for (int xr = 0; xr < n_x; xr++)
+                for (int o = 0; o < n_out; o++) {
+                    double ref = 0, mag = 0;
+                    for (int i = 0; i < n_in; i++) {
+                        ref += wf[(size_t)o * n_in + i] * x[xr * n_in + i];
+                        mag += fabs(wf[(size_t)o * n_in + i] * x[xr * n_in + i]);
+                    }
+                    CHECK_NEAR(y[xr * n_out + o], ref, 1e-6 * mag + 1e-7);
+                }
+            /* One row alone gives bit-identical results (batching invariance of the kernel). */
+            float y1[64];
+            if (n_out <= 64) {
+                K->matmul(types[ti], w, kiln_wtype_row_bytes(types[ti], n_in), n_out, n_in, x + (n_x - 1) * n_in, 1,
+                          y1, 1);
+                for (int o = 0; o < n_out; o++) CHECK(y1[o] == y[(n_x - 1) * n_out + o]);
+            }
+            free(w), free(wf), free(x), free(y);
+        }
+    }
+}
+
+static void rmsnorm_def(void) {
+    float x[5] = {1, -2, 3, 0.5f, -0.25f}, w[5] = {1, 2, 0.5f, -1, 3}, out[5];
+    double ss = 0;
+    for (int i = 0; i < 5; i++) ss += x[i] * x[i];
+    double inv = 1 / sqrt(ss / 5 + 1e-5);
+    K->rmsnorm(x, w, 5, 1e-5f, out);
+    for (int i = 0; i < 5; i++) CHECK_NEAR(out[i], x[i] * inv * w[i], 1e-6);
+    K->rmsnorm(x, NULL, 5, 1e-5f, x); /* in place, unit weight */
+    CHECK_NEAR(x[2], 3 * inv, 1e-6);
+}
+
+/* RoPE as multiplication of complex pairs by e^{i pos theta_i}. */
+static void rope_def(void) {
+    const int hd = 8, n_rot = 6, heads = 2, pos = 7;
+    const float base = 500.0f, ff[3] = {1, 2, 8};
+    kiln_rng r;
+    kiln_rng_seed(&r, 3);
+    for (int type = 0; type < 2; type++) {
+        for (int use_ff = 0; use_ff < 2; use_ff++) {
+            float x[16], y[16];
+            for (int i = 0; i < 16; i++) x[i] = y[i] = frand(&r);
+            K->rope(y, heads, hd, n_rot, pos, base, use_ff ? ff : NULL, type);
+            for (int h = 0; h < heads; h++) {
+                for (int i = 0; i < n_rot / 2; i++) {
+                    int a = type == KILN_KROPE_NEOX ? i : 2 * i, b = type == KILN_KROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+                    double th = pos * pow(base, -2.0 * i / n_rot) / (use_ff ? ff[i] : 1);
+                    double re = x[h * hd + a] * cos(th) - x[h * hd + b] * sin(th);
+                    double im = x[h * hd + a] * sin(th) + x[h * hd + b] * cos(th);
+                    CHECK_NEAR(y[h * hd + a], re, 1e-6);
+                    CHECK_NEAR(y[h * hd + b], im, 1e-6);
+                }
+                for (int i = n_rot; i < hd; i++) CHECK(y[h * hd + i] == x[h * hd + i]); /* not rotated */
+            }
+        }
+    }
+    float z[8] = {1, 2, 3, 4, 5, 6, 7, 8}, z0[8];
+    memcpy(z0, z, sizeof(z));
+    K->rope(z, 1, 8, 8, 0, 10000, NULL, KILN_KROPE_NORM); /* position 0: identity */
+    for (int i = 0; i < 8; i++) CHECK(z[i] == z0[i]);
+}
+
+static void softmax_silu_dot(void) {
+    float x[4] = {1000, 1001, 999, -INFINITY};
+    K->softmax(x, 4);
+    double e0 = exp(-1), e2 = exp(-2), s = e0 + 1 + e2;
+    CHECK_NEAR(x[0], e0 / s, 1e-6);
+    CHECK_NEAR(x[1], 1 / s, 1e-6);
+    CHECK_NEAR(x[2], e2 / s, 1e-6);
+    CHECK(x[3] == 0);
+    float g[3] = {0, 2, -3}, u[3] = {5, 0.5f, 2};
+    K->silu_mul(g, u, 3);
+    CHECK_NEAR(g[0], 0, 0);
+    CHECK_NEAR(g[1], 2 / (1 + exp(-2)) * 0.5, 1e-6);
+    CHECK_NEAR(g[2], -3 / (1 + exp(3)) * 2, 1e-6);
+    float a[19], b[19], y[19];
+    double ref = 0;
+    for (int i = 0; i < 19; i++) a[i] = (float)i * 0.5f, b[i] = 1.0f - (float)i * 0.1f, y[i] = 1, ref += a[i] * b[i];
+    CHECK_NEAR(K->dot(a, b, 19), ref, 1e-5);
+    K->axpy(2, a, y, 19);
+    CHECK_NEAR(y[18], 1 + 2 * 9.0, 0);
+}
+
+static void dispatch(void) {
+    CHECK(kiln_kernels_find("ref") == &kiln_kernels_ref);
+    CHECK(kiln_kernels_find("no-such-isa") == NULL);
+    CHECK(kiln_kernels_get() != NULL);
+    size_t e, b;
+    CHECK(kiln_wtype_block(KILN_WTYPE_Q4_0, &e, &b) && e == 32 && b == 18);
+    CHECK(!kiln_wtype_block((kiln_wtype)12, &e, &b)); /* Q4_K: not a kernel type yet */
+    CHECK_EQ_INT(kiln_wtype_row_bytes(KILN_WTYPE_Q8_0, 64), 68);
+}
+
+int main(void) {
+    /* Every table's kernels are run through the same definitions; today that is ref only. */
+    K = &kiln_kernels_ref;
+    RUN(dequant_q8_0);
+    RUN(dequant_q4_0);
+    RUN(dequant_half);
+    RUN(matmul_all_types);
+    RUN(rmsnorm_def);
+    RUN(rope_def);
+    RUN(softmax_silu_dot);
+    RUN(dispatch);
+    if (kiln_kernels_get() != &kiln_kernels_ref) {
+        K = kiln_kernels_get();
+        RUN(dequant_q8_0);
+        RUN(dequant_q4_0);
+        RUN(matmul_all_types);
+        RUN(rope_def);
+    }
+    return TEST_REPORT("test_kernels");
+}
