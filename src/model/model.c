@@ -165,6 +165,11 @@ static kiln_err read_hparams(const loader *L, kiln_hparams *hp, int32_t *n_rot) 
         return kiln_errf(KILN_ERR_FORMAT, "%s: %s.attention.head_count %d is not a multiple of head_count_kv %d",
                          L->path, L->arch, hp->n_head, hp->n_head_kv);
     int64_t dflt_hd = hp->n_embd % hp->n_head == 0 ? hp->n_embd / hp->n_head : -1;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.attention.key_length", L->arch);
+    if (dflt_hd < 0 && !kiln_gguf_find(L->g, key))
+        return kiln_errf(KILN_ERR_FORMAT, "%s: %s.embedding_length %d is not a multiple of head_count %d (and %s is absent)",
+                         L->path, L->arch, hp->n_embd, hp->n_head, key);
     if ((err = get_int(L, "attention.key_length", dflt_hd, 2, KILN_MAX_HEAD_DIM, &hp->head_dim))) return err;
     int32_t vlen;
     if ((err = get_int(L, "attention.value_length", hp->head_dim, 1, KILN_MAX_HEAD_DIM, &vlen))) return err;
@@ -304,9 +309,12 @@ kiln_err kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_mod
     kiln_model *m = kiln_calloc(1, sizeof(*m));
     if (!m) return kiln_errf(KILN_ERR_NOMEM, "%s: out of memory", path);
     if ((err = kiln_gguf_open(path, &m->gguf))) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", kiln_errmsg());
-        err = kiln_errf(err, "%s: %s", path, msg);
+        /* The reader's message names the file already when it could open it. */
+        if (!strstr(kiln_errmsg(), path)) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", kiln_errmsg());
+            err = kiln_errf(err, "%s: %s", path, msg);
+        }
         goto out_free;
     }
     loader L = {.path = path, .g = m->gguf};
