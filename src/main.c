@@ -11,6 +11,7 @@ static void usage(FILE *f) {
                "commands:\n"
                "  run        generate text from a prompt\n"
                "  tokenize   print the token ids of stdin\n"
+               "  detokenize print the text of the token ids on stdin\n"
                "  eval       dump the logits of a token id sequence (tests)\n");
 }
 
@@ -20,6 +21,8 @@ int main(int argc, char **argv) {
         return argc < 2 ? 1 : 0;
     }
     if (!strcmp(argv[1], "run")) return kiln_cmd_run(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "tokenize")) return kiln_cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "detokenize")) return kiln_cmd_detokenize(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return kiln_cmd_eval(argc - 1, argv + 1);
     fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
     usage(stderr);

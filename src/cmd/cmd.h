@@ -6,5 +6,7 @@
 
 int kiln_cmd_eval(int argc, char **argv);
 int kiln_cmd_run(int argc, char **argv);
+int kiln_cmd_tokenize(int argc, char **argv);
+int kiln_cmd_detokenize(int argc, char **argv);
 
 #endif
