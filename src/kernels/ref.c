@@ -112,7 +112,9 @@ static void ref_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
     KILN_ASSERT(n_in % (int64_t)be == 0);
     pthread_once(&f16_once, f16_table_build);
     int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(nt)
+    /* Small products run on the calling thread: waking the team costs more than they do. */
+    bool par = (double)n_out * (double)n_in * (double)n_x >= 65536.0;
+#pragma omp parallel for schedule(static) num_threads(nt) if (par)
     for (int64_t o = 0; o < n_out; o++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)o * row_bytes;
         if (t == KILN_WTYPE_F32) {

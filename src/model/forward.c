@@ -158,7 +158,7 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         add_bias(s->q, ly->bq, n, qd);
         add_bias(s->k, ly->bk, n, kvd);
         add_bias(s->v, ly->bv, n, kvd);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (n > 1)
         for (int32_t r = 0; r < n; r++) {
             float *q = s->q + (size_t)r * qd, *kr = s->k + (size_t)r * kvd, *vr = s->v + (size_t)r * kvd;
             if (ly->q_norm)
@@ -175,8 +175,12 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
             memcpy(kiln_kv_k(kv, blk, il) + slot, kr, (size_t)kvd * sizeof(float));
             memcpy(kiln_kv_v(kv, blk, il) + slot, vr, (size_t)kvd * sizeof(float));
         }
-        /* Every row's K/V is in the cache now; rows of one sequence see each other causally. */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        /* Every row's K/V is in the cache now; rows of one sequence see each other causally.
+         * Short contexts are cheaper on one thread. */
+        int64_t work = 0;
+        for (int32_t r = 0; r < n && work < 8192; r++) work += (int64_t)(rows[r].pos + 1) * n_head * hd;
+        bool par_attn = work >= 8192;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (par_attn)
         for (int64_t rh = 0; rh < (int64_t)n * n_head; rh++) {
             int32_t r = (int32_t)(rh / n_head), h = (int32_t)(rh % n_head);
             attend(k, kv, il, &batch->seqs[rows[r].seq], rows[r].pos, s->q + (size_t)r * qd + (size_t)h * hd,
