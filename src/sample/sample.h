@@ -97,6 +97,12 @@ typedef struct kiln_sample_result {
  * KILN_ERR_INVALID when no token has a finite logit after masking; KILN_ERR_NOMEM (history growth). */
 kiln_err kiln_sampler_sample(kiln_sampler *s, float *logits, kiln_sample_result *out);
 
+/* The distribution kiln_sampler_sample would draw from for these logits (after bias, penalties,
+ * pending masks, temperature and filters; one-hot at the argmax when greedy), written to probs
+ * (n_vocab floats). Draws nothing and changes neither history nor masks; logits are modified in
+ * place. For tests and diagnostics. KILN_ERR_INVALID as kiln_sampler_sample. */
+kiln_err kiln_sampler_dist(kiln_sampler *s, float *logits, float *probs);
+
 /* ---- stop strings (streaming path) ----
  * Text is fed as it is detokenized; the matcher releases the bytes that can no longer be part of a
  * stop string and holds back any suffix that is a proper prefix of one (never splitting a UTF-8
