@@ -159,9 +159,14 @@ def generate(out, arch="llama", wtype=gguf.F32, dim=64, layers=2, heads=4, kv_he
         t = wtype if t is None else t
         s = std if std is not None else 1.0 / math.sqrt(cols)
 
-        def make():
-            x = rng(name).standard_normal((rows, cols), dtype=np.float32) * np.float32(s)
-            return gguf.encode(x, t)
+        def make():  # row chunks of ~4M elements bound the memory of big presets
+            g = rng(name)
+            step = max(1, (1 << 22) // cols)
+            parts = []
+            for r0 in range(0, rows, step):
+                x = g.standard_normal((min(step, rows - r0), cols), dtype=np.float32)
+                parts.append(gguf.encode(x * np.float32(s), t))
+            return b"".join(parts)
         w.add_lazy(name, [cols, rows], t, make)
 
     def vector(name, n, mean, std):
