@@ -43,6 +43,34 @@ else
     bad "tools/llama2c_to_gguf.py failed"
 fi
 
+# Sampling through the CLI: a seed fixes the text; top-k 1 is greedy whatever the temperature.
+mod=$m/stories260K.gguf
+s1=$("$bin" run -m "$mod" -p "$prompt" -n 60 --temp 1 --seed 42 2>/dev/null)
+s2=$("$bin" run -m "$mod" -p "$prompt" -n 60 --temp 1 --seed 42 2>/dev/null)
+s3=$("$bin" run -m "$mod" -p "$prompt" -n 60 --temp 1 --seed 43 2>/dev/null)
+if [ -n "$s1" ] && [ "$s1" = "$s2" ] && [ "$s1" != "$s3" ]; then
+    ok "seed 42 twice gives the same text, seed 43 another"
+else
+    bad "seeded sampling: '$s1' / '$s2' / '$s3'"
+fi
+got=$out/real_model_topk.$$.txt
+"$bin" run -m "$mod" -p "$prompt" -n 60 --temp 1.5 --top-k 1 --top-p 1 --min-p 0 --seed 7 >"$got" 2>/dev/null
+n=$(wc -c <"$got")
+if [ "$n" -gt 100 ] && cmp -n "$n" "$got" "$want" >/dev/null; then ok "top-k 1 at temperature 1.5 == greedy"
+else bad "top-k 1 differs from greedy"; head -c 200 "$got"; echo; fi
+rm -f "$got"
+
+# Start-up failures: one line naming the file, exit status 1.
+err=$("$bin" run -m "$out/no-such-model.gguf" -p x 2>&1 >/dev/null); rc=$?
+if [ "$rc" -eq 1 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] && grep -q "no-such-model.gguf" <<<"$err"; then
+    ok "missing model: one line, exit 1 ($err)"
+else
+    bad "missing model: rc $rc, '$err'"
+fi
+err=$("$bin" run -m "$mod" -p x --temp -1 2>&1 >/dev/null); rc=$?
+if [ "$rc" -eq 1 ] && grep -q "temperature" <<<"$err"; then ok "bad --temp rejected: $err"
+else bad "bad --temp: rc $rc, '$err'"; fi
+
 # ASan: 40 tokens print a prefix of the reference text (the detokenizer never splits a
 # character, and this text is ASCII, so the prefix is exact bytes).
 if [ -x "$bin_asan" ]; then
