@@ -466,3 +466,28 @@ class Reader:
 
     def tensor(self, name):
         return self.tensors[name].array()
+
+
+def _dump(path, max_items=8):
+    """Prints a GGUF's metadata and tensor table (python3 tools/gguf.py FILE.gguf)."""
+    r = Reader(path)
+    print("%s: GGUF v%d, %d keys, %d tensors, alignment %d, data at %d" %
+          (path, r.version, len(r.kv), len(r.tensors), r.alignment, r.data_start))
+    for key in r.kv_order:
+        vtype, v = r.kv[key]
+        if vtype == ARRAY:
+            items = list(v[1][:max_items])
+            print("  %-45s [%d x type %d] %r%s" % (key, len(v[1]), v[0], items,
+                                                 " ..." if len(v[1]) > max_items else ""))
+        else:
+            s = repr(v)
+            print("  %-45s %s" % (key, s if len(s) < 100 else s[:97] + "..."))
+    for t in r.tensors.values():
+        print("  %-32s %-6s ne=%s offset=%d" % (t.name, TYPE_NAMES.get(t.type, str(t.type)), t.ne,
+                                                t.offset))
+
+
+if __name__ == "__main__":
+    import sys
+    for p in sys.argv[1:]:
+        _dump(p)
