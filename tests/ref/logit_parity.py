@@ -19,6 +19,7 @@ Tolerances are relative to the RMS of the reference logits (about 1 for these mo
     pairs them with Q8_K activations, whose rounding is of the same order.)
 usage: logit_parity.py KILN_BIN WORK_DIR [--filter REGEX]
 """
+import hashlib
 import os
 import re
 import subprocess
@@ -70,7 +71,10 @@ SOURCES = [os.path.join(tools, "gen_model.py"), os.path.join(tools, "gguf.py")]
 
 
 def model_path(work, name, kw):
-    path = os.path.join(work, "parity-%s.gguf" % name)
+    # the file name carries a hash of the generator arguments, so a changed case never reuses a
+    # stale cached model; a newer generator (gen_model.py, gguf.py) regenerates too
+    tag = hashlib.sha256(repr(sorted(kw.items())).encode()).hexdigest()[:8]
+    path = os.path.join(work, "parity-%s-%s.gguf" % (name, tag))
     newest = max(os.path.getmtime(s) for s in SOURCES)
     if not os.path.exists(path) or os.path.getmtime(path) < newest:
         kw = dict(kw)
