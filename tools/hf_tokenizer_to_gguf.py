@@ -83,7 +83,8 @@ def detect(tj):
     for n in norms:
         if n.get("type") == "Prepend" and n.get("prepend") == "\u2581":
             add_prefix = True
-    if model.get("byte_fallback") or "Metaspace" in types or norms:
+    spm_norm = any(n.get("type") in ("Prepend", "Replace") for n in norms)
+    if model.get("byte_fallback") or "Metaspace" in types or spm_norm:
         return "llama", "default", bool(add_prefix)
     raise ValueError("cannot tell the tokenizer kind (neither ByteLevel nor SentencePiece-style)")
 
