@@ -98,14 +98,30 @@ static bigram heap_pop(work *w) {
     return top;
 }
 
-/* Splits buf[0..n) into one symbol per UTF-8 character (a truncated or invalid sequence counts
- * as announced by its lead byte, clamped to the end). */
+/* Length of the well-formed UTF-8 character at s (n > 0 bytes left), or 1 for a byte that does
+ * not start one: invalid bytes stay single symbols and reach byte fallback one by one. */
+static size_t char_len(const char *p, size_t n) {
+    const uint8_t *s = (const uint8_t *)p;
+    size_t l = kiln_tok_utf8_len(s[0]);
+    if (l == 1 || l > n || s[0] < 0xc2 || s[0] > 0xf4) return 1;
+    uint8_t lo = 0x80, hi = 0xbf;
+    if (s[0] == 0xe0) lo = 0xa0;
+    else if (s[0] == 0xed) hi = 0x9f;
+    else if (s[0] == 0xf0) lo = 0x90;
+    else if (s[0] == 0xf4) hi = 0x8f;
+    if (s[1] < lo || s[1] > hi) return 1;
+    for (size_t i = 2; i < l; i++)
+        if ((s[i] & 0xc0) != 0x80) return 1;
+    return l;
+}
+
+/* Splits buf[0..n) into one symbol per UTF-8 character. */
 static kiln_err make_syms(work *w, const char *s, size_t n, size_t *n_syms) {
     kiln_err err = grow((void **)&w->syms, &w->cap_syms, n, sizeof(sym));
     if (err) return err;
     size_t k = 0;
     for (size_t i = 0; i < n;) {
-        size_t l = KILN_MIN(kiln_tok_utf8_len((uint8_t)s[i]), n - i);
+        size_t l = char_len(s + i, n - i);
         w->syms[k] = (sym){(int32_t)k - 1, (int32_t)k + 1, (uint32_t)i, (uint32_t)l, -1};
         k++;
         i += l;
@@ -292,7 +308,7 @@ static kiln_err regex_split(work *w, const pcre2_code *re, const char *text, int
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(w->md);
             size_t ms = ov[0], me = ov[1];
             if (me <= ms) { /* empty match: step over one character */
-                off = ms + kiln_tok_utf8_len(subj[ms]);
+                off = ms + char_len((const char *)subj + ms, sp.len - ms);
                 continue;
             }
             if (ms > pos && (err = push_span(w, to, sp.start + pos, ms - pos)) != KILN_OK) return err;
