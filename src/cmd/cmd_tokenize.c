@@ -32,8 +32,10 @@ static kiln_err load(const char *path, kiln_vocab **v) {
 
 static int fail(const char *cmd, const char *path, kiln_err err) {
     const char *msg = kiln_errmsg();
-    if (path && !strstr(msg, path)) fprintf(stderr, "kiln %s: %s: %s\n", cmd, path, msg);
-    else fprintf(stderr, "kiln %s: %s\n", cmd, msg);
+    if (path && !strstr(msg, path))
+        fprintf(stderr, "kiln %s: %s: %s\n", cmd, path, msg);
+    else
+        fprintf(stderr, "kiln %s: %s\n", cmd, msg);
     return 1;
 }
 
@@ -53,10 +55,14 @@ int kiln_cmd_tokenize(int argc, char **argv) {
     const char *model = NULL;
     bool bos = true, special = false, batch = false;
     for (int i = 1; i < argc; i++) {
-        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc) model = argv[++i];
-        else if (!strcmp(argv[i], "--no-bos")) bos = false;
-        else if (!strcmp(argv[i], "--parse-special")) special = true;
-        else if (!strcmp(argv[i], "--batch")) batch = true;
+        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(argv[i], "--no-bos"))
+            bos = false;
+        else if (!strcmp(argv[i], "--parse-special"))
+            special = true;
+        else if (!strcmp(argv[i], "--batch"))
+            batch = true;
         else {
             fprintf(stderr, "usage: kiln tokenize -m MODEL [--no-bos] [--parse-special] [--batch]\n"
                             "  reads text on stdin, prints its token ids on one line;\n"
@@ -139,9 +145,12 @@ int kiln_cmd_detokenize(int argc, char **argv) {
     const char *model = NULL;
     bool skip_special = true, batch = false;
     for (int i = 1; i < argc; i++) {
-        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc) model = argv[++i];
-        else if (!strcmp(argv[i], "--render-special")) skip_special = false;
-        else if (!strcmp(argv[i], "--batch")) batch = true;
+        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(argv[i], "--render-special"))
+            skip_special = false;
+        else if (!strcmp(argv[i], "--batch"))
+            batch = true;
         else {
             fprintf(stderr, "usage: kiln detokenize -m MODEL [--render-special] [--batch]\n"
                             "  reads token ids on stdin, prints their text;\n"

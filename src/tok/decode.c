@@ -144,8 +144,8 @@ kiln_err kiln_tok_decode(const kiln_vocab *v, const int32_t *ids, size_t n, bool
                          kiln_buf *out) {
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= v->n_tokens)
-            return kiln_errf(KILN_ERR_INVALID, "token id %d (at %zu) out of range [0, %d)", ids[i], i,
-                             v->n_tokens);
+            return kiln_errf(KILN_ERR_INVALID, "token id %d (at %zu) out of range [0, %d)", ids[i],
+                             i, v->n_tokens);
     kiln_detok d;
     kiln_detok_init(&d, v, skip_special, true);
     for (size_t i = 0; i < n; i++) {

@@ -49,7 +49,8 @@ static kiln_err grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return KILN_OK;
     size_t nc = *cap ? *cap : 16, bytes;
     while (nc < need) nc *= 2;
-    if (!kiln_mul_size(nc, elem, &bytes)) return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
+    if (!kiln_mul_size(nc, elem, &bytes))
+        return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
     void *np = kiln_realloc(*p, bytes);
     if (!np) return kiln_errf(KILN_ERR_NOMEM, "tokenizer: out of memory");
     *p = np;
@@ -105,10 +106,14 @@ static size_t char_len(const char *p, size_t n) {
     size_t l = kiln_tok_utf8_len(s[0]);
     if (l == 1 || l > n || s[0] < 0xc2 || s[0] > 0xf4) return 1;
     uint8_t lo = 0x80, hi = 0xbf;
-    if (s[0] == 0xe0) lo = 0xa0;
-    else if (s[0] == 0xed) hi = 0x9f;
-    else if (s[0] == 0xf0) lo = 0x90;
-    else if (s[0] == 0xf4) hi = 0x8f;
+    if (s[0] == 0xe0)
+        lo = 0xa0;
+    else if (s[0] == 0xed)
+        hi = 0x9f;
+    else if (s[0] == 0xf0)
+        lo = 0x90;
+    else if (s[0] == 0xf4)
+        hi = 0x8f;
     if (s[1] < lo || s[1] > hi) return 1;
     for (size_t i = 2; i < l; i++)
         if ((s[i] & 0xc0) != 0x80) return 1;
@@ -160,7 +165,8 @@ static kiln_err spm_encode(work *w, const char *text, size_t len, bool prefix) {
     const kiln_vocab *v = w->v;
     /* escaped text: optional dummy prefix, spaces as U+2581 (3 bytes) */
     size_t need;
-    if (!kiln_mul_size(len + 1, 3, &need)) return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
+    if (!kiln_mul_size(len + 1, 3, &need))
+        return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
     kiln_err err = grow((void **)&w->buf, &w->cap_buf, need, 1);
     if (err) return err;
     size_t n = 0;
@@ -235,7 +241,8 @@ static kiln_err bpe_word(work *w, const uint8_t *s, size_t n) {
     kiln_err err;
     if (v->ignore_merges) {
         size_t need;
-        if (!kiln_mul_size(n, 2, &need)) return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
+        if (!kiln_mul_size(n, 2, &need))
+            return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text too long");
         if ((err = grow((void **)&w->buf, &w->cap_buf, need, 1)) != KILN_OK) return err;
         size_t k = 0;
         for (size_t i = 0; i < n; i++) {
@@ -304,14 +311,16 @@ static kiln_err regex_split(work *w, const pcre2_code *re, const char *text, int
             if (rc == PCRE2_ERROR_NOMATCH) break;
             if (rc == PCRE2_ERROR_NOMEMORY || rc == PCRE2_ERROR_HEAP_FAILED)
                 return kiln_errf(KILN_ERR_NOMEM, "tokenizer: out of memory in the pre-tokenizer");
-            if (rc < 0) return kiln_errf(KILN_ERR_LIMIT, "tokenizer: pre-tokenizer regex failed (%d)", rc);
+            if (rc < 0)
+                return kiln_errf(KILN_ERR_LIMIT, "tokenizer: pre-tokenizer regex failed (%d)", rc);
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(w->md);
             size_t ms = ov[0], me = ov[1];
             if (me <= ms) { /* empty match: step over one character */
                 off = ms + char_len((const char *)subj + ms, sp.len - ms);
                 continue;
             }
-            if (ms > pos && (err = push_span(w, to, sp.start + pos, ms - pos)) != KILN_OK) return err;
+            if (ms > pos && (err = push_span(w, to, sp.start + pos, ms - pos)) != KILN_OK)
+                return err;
             if ((err = push_span(w, to, sp.start + ms, me - ms)) != KILN_OK) return err;
             pos = off = me;
         }
@@ -382,7 +391,8 @@ static int32_t match_special(const kiln_vocab *v, const char *s, size_t n, bool 
 
 static kiln_err encode_text(work *w, const char *s, size_t n, bool prev_special) {
     if (n == 0) return KILN_OK;
-    if (w->v->type == KILN_VOCAB_SPM) return spm_encode(w, s, n, w->v->add_space_prefix && prev_special);
+    if (w->v->type == KILN_VOCAB_SPM)
+        return spm_encode(w, s, n, w->v->add_space_prefix && prev_special);
     return bpe_encode(w, s, n);
 }
 
@@ -391,7 +401,8 @@ kiln_err kiln_tok_encode(const kiln_vocab *v, const char *text, size_t len, bool
     *ids = NULL;
     *n_ids = 0;
     if (len > MAX_TEXT_BYTES)
-        return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text of %zu bytes is over the 1 GiB limit", len);
+        return kiln_errf(KILN_ERR_LIMIT, "tokenizer: text of %zu bytes is over the 1 GiB limit",
+                         len);
     work w = {.v = v};
     kiln_err err = KILN_OK;
     bool prev_special = true; /* the dummy prefix goes before the first text */

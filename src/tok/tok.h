@@ -32,9 +32,10 @@ typedef enum kiln_token_type {
 
 /* Reads the vocabulary of g (tokenizer.ggml.model, .tokens, .scores, .token_type, .merges, .pre,
  * the special token ids and add_bos/add_eos/add_space_prefix flags). Copies all it needs: g may be
- * closed afterwards. KILN_ERR_NOT_FOUND (no tokenizer metadata), KILN_ERR_FORMAT (inconsistent
- * arrays, ids out of range, malformed merges), KILN_ERR_UNSUPPORTED (other tokenizer models, an
- * unknown pre-tokenizer), KILN_ERR_NOMEM. The caller owns *out (kiln_vocab_free). */
+ * closed afterwards. A special-token id out of range is ignored with a warning (-1).
+ * KILN_ERR_NOT_FOUND (no tokenizer metadata), KILN_ERR_FORMAT (inconsistent arrays, malformed
+ * merges), KILN_ERR_UNSUPPORTED (other tokenizer models, an unknown pre-tokenizer),
+ * KILN_ERR_NOMEM. The caller owns *out (kiln_vocab_free). */
 kiln_err kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out);
 void kiln_vocab_free(kiln_vocab *v); /* NULL is a no-op */
 
@@ -42,16 +43,18 @@ kiln_vocab_type kiln_vocab_get_type(const kiln_vocab *v);
 /* tokenizer.ggml.pre ("default" when absent; "" for SPM vocabularies). */
 const char *kiln_vocab_pre(const kiln_vocab *v);
 int32_t kiln_vocab_n_tokens(const kiln_vocab *v);
-int32_t kiln_vocab_bos(const kiln_vocab *v);   /* -1 if none */
-int32_t kiln_vocab_eos(const kiln_vocab *v);   /* -1 if none */
-int32_t kiln_vocab_eot(const kiln_vocab *v);   /* end of turn (<|eot_id|>, <|im_end|>...), -1 if none */
-int32_t kiln_vocab_unk(const kiln_vocab *v);   /* -1 if none */
-int32_t kiln_vocab_pad(const kiln_vocab *v);   /* -1 if none */
+int32_t kiln_vocab_bos(const kiln_vocab *v); /* -1 if none */
+int32_t kiln_vocab_eos(const kiln_vocab *v); /* -1 if none */
+/* End of turn (<|eot_id|>, <|im_end|> ...), -1 if none. */
+int32_t kiln_vocab_eot(const kiln_vocab *v);
+int32_t kiln_vocab_unk(const kiln_vocab *v); /* -1 if none */
+int32_t kiln_vocab_pad(const kiln_vocab *v); /* -1 if none */
 /* tokenizer.ggml.add_bos_token / add_eos_token (defaults per model type: SPM adds BOS). */
 bool kiln_vocab_add_bos(const kiln_vocab *v);
 bool kiln_vocab_add_eos(const kiln_vocab *v);
 /* End of generation: eos, eot and the other end tokens found in the vocabulary (<|eot_id|>,
- * <|im_end|>, <|endoftext|>, <end_of_turn>, <|end|>, <|eom_id|> ...). False for ids out of range. */
+ * <|im_end|>, <|endoftext|>, <end_of_turn>, <|end|>, <|eom_id|> ...).
+ * False for ids out of range. */
 bool kiln_vocab_is_eog(const kiln_vocab *v, int32_t id);
 /* Control tokens (BOS, EOS, <|im_start|> ...); false for ids out of range. */
 bool kiln_vocab_is_control(const kiln_vocab *v, int32_t id);
@@ -66,9 +69,12 @@ int32_t kiln_vocab_find(const kiln_vocab *v, const char *text, size_t len);
 /* Encodes text (not NUL-terminated, len bytes; invalid UTF-8 is accepted and tokenized as bytes
  * where the vocabulary allows). add_bos: prepend BOS if the vocab wants one (kiln_vocab_add_bos);
  * EOS is appended likewise when add_bos is set and the vocab's add_eos flag is on. parse_special:
- * control/user-defined token strings in the text become their ids (longest match first), else they
- * are plain text. *ids is kiln_malloc'd (possibly NULL when *n_ids is 0), the caller frees it.
- * KILN_ERR_NOMEM, KILN_ERR_LIMIT (text over 1 GiB). */
+ * control token strings in the text become their ids, else they are plain text. User-defined
+ * tokens (HF added tokens that are not special, e.g. Qwen's <think>) are always matched, as HF and
+ * llama.cpp do. Matching is leftmost, then longest. For SPM the dummy-prefix space goes before
+ * the text at the start and after each special token (llama.cpp). *ids is kiln_malloc'd (possibly
+ * NULL when *n_ids is 0), the caller frees it. KILN_ERR_NOMEM, KILN_ERR_LIMIT (text over 1 GiB,
+ * or a pre-tokenizer regex over PCRE2's match limit). */
 kiln_err kiln_tok_encode(const kiln_vocab *v, const char *text, size_t len, bool add_bos,
                          bool parse_special, int32_t **ids, size_t *n_ids);
 
@@ -93,11 +99,11 @@ kiln_err kiln_tok_decode(const kiln_vocab *v, const int32_t *ids, size_t n, bool
  * kiln_tok_decode applies, so concatenated output == kiln_tok_decode of the ids. For generated
  * continuations after a prompt, pass false (llama.cpp keeps that space). */
 typedef struct kiln_detok {
-    const kiln_vocab *vocab;   /* borrowed */
-    bool skip_special;         /* control tokens produce nothing */
-    bool strip_pending;        /* the next output byte, if a space, is dropped */
-    uint8_t n_held;            /* bytes in held[] */
-    uint8_t held[4];           /* prefix of an incomplete UTF-8 character */
+    const kiln_vocab *vocab; /* borrowed */
+    bool skip_special;       /* control tokens produce nothing */
+    bool strip_pending;      /* the next output byte, if a space, is dropped */
+    uint8_t n_held;          /* bytes in held[] */
+    uint8_t held[4];         /* prefix of an incomplete UTF-8 character */
 } kiln_detok;
 
 void kiln_detok_init(kiln_detok *d, const kiln_vocab *v, bool skip_special,

@@ -118,6 +118,7 @@ static size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
 }
 
 /* ---- pre-tokenizers (tokenizer.ggml.pre), regexes as in the models' tokenizer.json ---- */
+/* clang-format off */
 #define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 #define RE_LLAMA3                                                                                  \
     "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"    \
@@ -161,11 +162,14 @@ static const pre_def pre_defs[] = {
       "\\x{FB13}-\\x{FB17}\\x{FF21}-\\x{FF3A}\\x{FF41}-\\x{FF5A}\\x{10400}-\\x{1044F}"
       "\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}\\x{10C80}-\\x{10CB2}\\x{10CC0}-\\x{10CF2}"
       "\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}]+",
-      "\\s?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3000}-\\x{3002}]+", "\\s+$", RE_CJK, "\\p{N}+"},
+      "\\s?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3000}-\\x{3002}]+",
+      "\\s+$", RE_CJK, "\\p{N}+"},
      false, false, false},
     {"deepseek-coder\0", {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_CJK, "\\p{N}"},
      false, false, false},
 };
+
+/* clang-format on */
 
 static const pre_def *pre_lookup(const char *name) {
     for (size_t i = 0; i < KILN_ARRAY_LEN(pre_defs); i++)
@@ -193,10 +197,9 @@ static kiln_err compile_regexes(kiln_vocab *v, const pre_def *d) {
     for (int i = 0; i < TOK_MAX_REGEX && d->regex[i]; i++) {
         int ec;
         PCRE2_SIZE eo;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)d->regex[i], PCRE2_ZERO_TERMINATED,
-                                       PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF |
-                                           PCRE2_DOLLAR_ENDONLY,
-                                       &ec, &eo, cc);
+        pcre2_code *re = pcre2_compile(
+            (PCRE2_SPTR)d->regex[i], PCRE2_ZERO_TERMINATED,
+            PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | PCRE2_DOLLAR_ENDONLY, &ec, &eo, cc);
         if (!re) {
             if (ec == PCRE2_ERROR_NOMEMORY || ec == PCRE2_ERROR_HEAP_FAILED) {
                 err = kiln_errf(KILN_ERR_NOMEM, "vocab: out of memory compiling a regex");
@@ -204,8 +207,9 @@ static kiln_err compile_regexes(kiln_vocab *v, const pre_def *d) {
                 PCRE2_UCHAR msg[160];
                 pcre2_get_error_message(ec, msg, sizeof(msg));
                 /* a bug in the table above, not an input error */
-                err = kiln_errf(KILN_ERR_UNSUPPORTED, "vocab: pre-tokenizer '%s' regex %d: %s at %zu",
-                                v->pre, i, (const char *)msg, (size_t)eo);
+                err =
+                    kiln_errf(KILN_ERR_UNSUPPORTED, "vocab: pre-tokenizer '%s' regex %d: %s at %zu",
+                              v->pre, i, (const char *)msg, (size_t)eo);
             }
             break;
         }
@@ -270,7 +274,8 @@ static kiln_err build_merges(kiln_vocab *v, const kiln_gguf *g) {
     kiln_err err = kiln_gguf_get_arr(g, "tokenizer.ggml.merges", KILN_GGUF_STRING, &kv);
     if (err == KILN_ERR_NOT_FOUND)
         return kiln_errf(KILN_ERR_FORMAT, "vocab: gpt2 tokenizer without tokenizer.ggml.merges");
-    if (err) return kiln_errf(KILN_ERR_FORMAT, "vocab: tokenizer.ggml.merges is not a string array");
+    if (err)
+        return kiln_errf(KILN_ERR_FORMAT, "vocab: tokenizer.ggml.merges is not a string array");
     if (kv->v.arr.n > (uint64_t)INT32_MAX / 4)
         return kiln_errf(KILN_ERR_FORMAT, "vocab: %llu merges is too many",
                          (unsigned long long)kv->v.arr.n);
@@ -310,7 +315,8 @@ static kiln_err build_merges(kiln_vocab *v, const kiln_gguf *g) {
         if (merged < 0) continue;
         uint64_t key = (uint64_t)(uint32_t)l << 32 | (uint32_t)rt;
         uint32_t i = (uint32_t)(key * 0x9e3779b97f4a7c15ull >> 32) & v->merge_mask;
-        while (v->merges[i].key != UINT64_MAX && v->merges[i].key != key) i = (i + 1) & v->merge_mask;
+        while (v->merges[i].key != UINT64_MAX && v->merges[i].key != key)
+            i = (i + 1) & v->merge_mask;
         if (v->merges[i].key == key) continue; /* duplicate: the first rank wins */
         v->merges[i] = (tok_merge){key, (int32_t)r, merged};
     }
@@ -392,6 +398,7 @@ static kiln_err build_pieces(kiln_vocab *v) {
 }
 
 /* ---- load ---- */
+/* clang-format off */
 static const char *const eog_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|EOT|>", "<EOT>",
     "<|eom_id|>", "<｜end▁of▁sentence｜>", "<|end_of_text|>", "</s>",
@@ -399,6 +406,8 @@ static const char *const eog_texts[] = {
 static const char *const eot_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|EOT|>", "<EOT>",
 };
+
+/* clang-format on */
 
 /* Reads an optional special-token id; UINT32_MAX and out-of-range values mean none. */
 static int32_t get_id(const kiln_gguf *g, const char *key, int32_t n_tokens, int32_t dflt) {
@@ -423,7 +432,8 @@ static kiln_err read_tokens(kiln_vocab *v, const kiln_gguf *g) {
     kiln_err err = kiln_gguf_get_arr(g, "tokenizer.ggml.tokens", KILN_GGUF_STRING, &toks);
     if (err == KILN_ERR_NOT_FOUND)
         return kiln_errf(KILN_ERR_NOT_FOUND, "vocab: no tokenizer.ggml.tokens in the file");
-    if (err) return kiln_errf(KILN_ERR_FORMAT, "vocab: tokenizer.ggml.tokens is not a string array");
+    if (err)
+        return kiln_errf(KILN_ERR_FORMAT, "vocab: tokenizer.ggml.tokens is not a string array");
     if (toks->v.arr.n == 0 || toks->v.arr.n > (1u << 24))
         return kiln_errf(KILN_ERR_FORMAT, "vocab: %llu tokens (expected 1 to 16777216)",
                          (unsigned long long)toks->v.arr.n);
@@ -468,8 +478,8 @@ static kiln_err read_tokens(kiln_vocab *v, const kiln_gguf *g) {
         if (kv->type != KILN_GGUF_ARRAY || kv->v.arr.n != (uint64_t)v->n_tokens ||
             kv->v.arr.type == KILN_GGUF_STRING || kv->v.arr.type == KILN_GGUF_ARRAY ||
             kv->v.arr.type == KILN_GGUF_FLOAT32 || kv->v.arr.type == KILN_GGUF_FLOAT64)
-            return kiln_errf(KILN_ERR_FORMAT, "vocab: tokenizer.ggml.token_type must be %d integers",
-                             v->n_tokens);
+            return kiln_errf(KILN_ERR_FORMAT,
+                             "vocab: tokenizer.ggml.token_type must be %d integers", v->n_tokens);
         for (int32_t i = 0; i < v->n_tokens; i++) {
             int64_t t = kiln_gguf_arr_i64(kv, (uint64_t)i);
             v->ttype[i] = (t > 0 && t < KILN_TOKEN_TYPE_COUNT) ? (uint8_t)t : KILN_TOKEN_NORMAL;
@@ -495,8 +505,10 @@ kiln_err kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out) {
     } else if (kiln_gguf_str_eq(model, "gpt2")) {
         v->type = KILN_VOCAB_BPE;
     } else {
-        err = kiln_errf(KILN_ERR_UNSUPPORTED, "vocab: tokenizer model '%.*s' is not supported "
-                        "(only 'llama' and 'gpt2')", (int)KILN_MIN(model.len, 64), model.p);
+        err = kiln_errf(KILN_ERR_UNSUPPORTED,
+                        "vocab: tokenizer model '%.*s' is not supported "
+                        "(only 'llama' and 'gpt2')",
+                        (int)KILN_MIN(model.len, 64), model.p);
         goto fail;
     }
     kiln_gguf_str pre = {"default", 7};
@@ -526,7 +538,8 @@ kiln_err kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out) {
     if (!spm) {
         pd = pre_lookup(v->pre);
         if (!pd) {
-            err = kiln_errf(KILN_ERR_UNSUPPORTED, "vocab: pre-tokenizer '%s' is not supported", v->pre);
+            err = kiln_errf(KILN_ERR_UNSUPPORTED, "vocab: pre-tokenizer '%s' is not supported",
+                            v->pre);
             goto fail;
         }
         v->nfc = pd->nfc;
@@ -560,12 +573,14 @@ kiln_err kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out) {
     for (size_t i = 0; i < KILN_ARRAY_LEN(ends); i++)
         if (ends[i] >= 0) v->eog[ends[i]] = 1;
     for (size_t i = 0; i < KILN_ARRAY_LEN(eog_texts); i++) {
-        int32_t id = kiln_tok_table_find(v, v->hash, v->hash_mask, eog_texts[i], strlen(eog_texts[i]));
+        int32_t id =
+            kiln_tok_table_find(v, v->hash, v->hash_mask, eog_texts[i], strlen(eog_texts[i]));
         if (id >= 0 && v->ttype[id] != KILN_TOKEN_NORMAL && v->ttype[id] != KILN_TOKEN_BYTE)
             v->eog[id] = 1;
     }
     for (size_t i = 0; i < KILN_ARRAY_LEN(eot_texts) && v->eot < 0; i++) {
-        int32_t id = kiln_tok_table_find(v, v->hash, v->hash_mask, eot_texts[i], strlen(eot_texts[i]));
+        int32_t id =
+            kiln_tok_table_find(v, v->hash, v->hash_mask, eot_texts[i], strlen(eot_texts[i]));
         if (id >= 0 && v->ttype[id] != KILN_TOKEN_NORMAL && v->ttype[id] != KILN_TOKEN_BYTE) {
             v->eot = id;
             v->eog[id] = 1;

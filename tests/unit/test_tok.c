@@ -32,10 +32,14 @@ static kiln_vocab *load_vocab(const char *name) {
 static void print_escaped(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\n') fputs("\\n", stderr);
-        else if (c == '\t') fputs("\\t", stderr);
-        else if (c < 0x20) fprintf(stderr, "\\x%02x", c);
-        else fputc(c, stderr);
+        if (c == '\n')
+            fputs("\\n", stderr);
+        else if (c == '\t')
+            fputs("\\t", stderr);
+        else if (c < 0x20)
+            fprintf(stderr, "\\x%02x", c);
+        else
+            fputc(c, stderr);
     }
 }
 
@@ -115,7 +119,8 @@ static void check_vocab(const char *name, bool decode_check) {
             kiln_buf b;
             kiln_buf_init(&b);
             err = kiln_tok_decode(v, got, n_got, true, &b);
-            bool back = err == KILN_OK && b.len == lens[t] && (b.len == 0 || memcmp(b.data, texts[t], b.len) == 0);
+            bool back = err == KILN_OK && b.len == lens[t] &&
+                        (b.len == 0 || memcmp(b.data, texts[t], b.len) == 0);
             if (!back) {
                 fprintf(stderr, "  FAIL %s decode of text %zu: want \"", name, t);
                 print_escaped(texts[t], lens[t]);
@@ -146,7 +151,6 @@ static void vocab_refact(void) { check_vocab("refact", true); }
 static void vocab_deepseek_llm(void) { check_vocab("deepseek-llm", true); }
 static void vocab_deepseek_coder(void) { check_vocab("deepseek-coder", true); }
 
-
 /* ---- helpers for the behaviour tests ---- */
 static kiln_vocab *vocab_spm, *vocab_bpe; /* llama-spm and gpt-2, loaded once */
 
@@ -171,11 +175,16 @@ static bool utf8_valid(const char *p, size_t n) {
         unsigned c = s[i];
         size_t l;
         unsigned lo = 0x80, hi = 0xbf;
-        if (c < 0x80) l = 1;
-        else if (c >= 0xc2 && c <= 0xdf) l = 2;
-        else if (c >= 0xe0 && c <= 0xef) l = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-        else if (c >= 0xf0 && c <= 0xf4) l = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-        else return false;
+        if (c < 0x80)
+            l = 1;
+        else if (c >= 0xc2 && c <= 0xdf)
+            l = 2;
+        else if (c >= 0xe0 && c <= 0xef)
+            l = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        else if (c >= 0xf0 && c <= 0xf4)
+            l = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        else
+            return false;
         if (i + l > n) return false;
         for (size_t k = 1; k < l; k++) {
             unsigned b = s[i + k];
@@ -218,8 +227,10 @@ static void detok_spm_byte_fallback(void) {
     size_t n;
     int32_t *ids = enc(vocab_spm, text, true, false, &n);
     size_t n_bytes = 0;
-    for (size_t i = 0; i < n; i++) n_bytes += kiln_vocab_token_type(vocab_spm, ids[i]) == KILN_TOKEN_BYTE;
-    CHECK_MSG(n_bytes >= 8, "only %zu byte-fallback tokens: the test does not exercise splits", n_bytes);
+    for (size_t i = 0; i < n; i++)
+        n_bytes += kiln_vocab_token_type(vocab_spm, ids[i]) == KILN_TOKEN_BYTE;
+    CHECK_MSG(n_bytes >= 8, "only %zu byte-fallback tokens: the test does not exercise splits",
+              n_bytes);
     CHECK_EQ_INT(ids[0], kiln_vocab_bos(vocab_spm));
     check_stream(vocab_spm, ids, n, text);
     kiln_free(ids);
@@ -264,16 +275,25 @@ static char *stream_bytes(const char *bytes, size_t n, size_t *out_len, size_t *
 /* Unicode ch. 3 "U+FFFD substitution of maximal subparts" (the examples of table 3-8 & co). */
 static void detok_invalid_utf8(void) {
 #define FFFD "\xef\xbf\xbd"
-    static const struct { const char *in; const char *want; } cases[] = {
+    static const struct {
+        const char *in;
+        const char *want;
+    } cases[] = {
         {"\xff", FFFD},
-        {"\xe2" "A", FFFD "A"},
+        {"\xe2"
+         "A",
+         FFFD "A"},
         {"\xe2\x82", FFFD},                        /* truncated at the end: one U+FFFD */
         {"\xf0\x9f\xa6\x99", "\xf0\x9f\xa6\x99"},  /* split over 4 tokens, complete */
         {"\xed\xa0\x80", FFFD FFFD FFFD},          /* surrogate */
         {"\xc0\xaf", FFFD FFFD},                   /* overlong */
         {"\xf4\x90\x80\x80", FFFD FFFD FFFD FFFD}, /* above U+10FFFF */
-        {"a\x80" "b", "a" FFFD "b"},
-        {"\xe1\x80\xe2\xf0\x91\x92\xf1\xbf" "A", FFFD FFFD FFFD FFFD "A"},
+        {"a\x80"
+         "b",
+         "a" FFFD "b"},
+        {"\xe1\x80\xe2\xf0\x91\x92\xf1\xbf"
+         "A",
+         FFFD FFFD FFFD FFFD "A"},
     };
     for (size_t i = 0; i < KILN_ARRAY_LEN(cases); i++) {
         size_t n;
@@ -343,7 +363,8 @@ static void flags_and_pieces(void) {
     kiln_buf b;
     kiln_buf_init(&b);
     CHECK(kiln_tok_piece(vocab_spm, kiln_vocab_find(vocab_spm, "<0x41>", 6), false, &b) == KILN_OK);
-    CHECK(kiln_tok_piece(vocab_spm, kiln_vocab_find(vocab_spm, "\xe2\x96\x81Hello", 8), false, &b) == KILN_OK);
+    CHECK(kiln_tok_piece(vocab_spm, kiln_vocab_find(vocab_spm, "\xe2\x96\x81Hello", 8), false,
+                         &b) == KILN_OK);
     CHECK(kiln_tok_piece(vocab_spm, 1, false, &b) == KILN_OK); /* <s>: nothing */
     CHECK_STR(b.data, "A Hello");
     CHECK(kiln_tok_piece(vocab_spm, 1, true, &b) == KILN_OK);
@@ -419,8 +440,10 @@ static void alloc_failures_for(const char *path, const char *text) {
         if (!err) err = kiln_tok_decode(v, ids, n, true, &b);
         long failed = kiln_alloc_n_failed();
         kiln_alloc_fail_after(-1);
-        if (err) CHECK_MSG(err == KILN_ERR_NOMEM, "k=%ld: %s: %s", k, kiln_err_name(err), kiln_errmsg());
-        if (!err) CHECK_MSG(failed == 0, "k=%ld: %ld failed allocations went unreported", k, failed);
+        if (err)
+            CHECK_MSG(err == KILN_ERR_NOMEM, "k=%ld: %s: %s", k, kiln_err_name(err), kiln_errmsg());
+        if (!err)
+            CHECK_MSG(failed == 0, "k=%ld: %ld failed allocations went unreported", k, failed);
         if (!err && failed == 0) n_ok = k;
         kiln_free(ids);
         kiln_buf_deinit(&b);
