@@ -11,10 +11,11 @@
 #include <string.h>
 #include <sys/random.h>
 
-#define SAMPLING_EPS 1e-5f /* vLLM: temperature below this is greedy */
+#define MIN_TEMP 1e-2f     /* vLLM's _MAX_TEMP: 0 < temperature < 0.01 is raised to 0.01 */
 
 typedef struct cand {
-    float logit;   /* tempered logit */
+    float logit;   /* tempered logit: the rank key */
+    float w;       /* exp(logit - max tempered logit): unnormalized probability */
     int32_t id;
 } cand;
 
@@ -65,8 +66,8 @@ kiln_err kiln_sampler_params_check(const kiln_sampler_params *p, int32_t n_vocab
                                    const char **field) {
     if (field) *field = NULL;
     /* !(x >= a) also rejects NaN */
-    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
-        return bad(field, "temperature", "must be a finite number >= 0, got %g", p->temperature);
+    if (!(p->temperature >= 0.0f && p->temperature <= 2.0f))
+        return bad(field, "temperature", "must be in [0, 2], got %g", p->temperature);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
         return bad(field, "top_p", "must be in (0, 1], got %g", p->top_p);
     if (p->top_k < -1)
@@ -151,6 +152,7 @@ kiln_err kiln_sampler_new(const kiln_sampler_params *p, int32_t n_vocab,
     kiln_sampler *s = kiln_calloc(1, sizeof(*s));
     if (!s) return kiln_errf(KILN_ERR_NOMEM, "sampler: out of memory");
     s->p = *p;
+    if (s->p.temperature > 0.0f && s->p.temperature < MIN_TEMP) s->p.temperature = MIN_TEMP;
     s->n_vocab = n_vocab;
     s->n_words = ((size_t)n_vocab + 63) / 64;
     if (p->n_logit_bias > 0) {
@@ -378,59 +380,129 @@ static kiln_err adjust(kiln_sampler *s, float *logits, bool consume_masks, int32
     return KILN_OK;
 }
 
-static bool has_filters(const kiln_sampler *s) {
-    const kiln_sampler_params *p = &s->p;
-    return p->min_p > 0.0f || (p->top_k > 0 && p->top_k < s->n_vocab) || p->top_p < 1.0f;
+#define HEAP_TOP_K_MAX 256 /* top-k up to this uses a heap over the logits */
+
+/* c[a] ranks after c[b] */
+static inline bool worse(const cand *a, const cand *b) { return before(b, a); }
+
+/* The k first tokens by rank of the finite logits (tempered by inv_t), into c[0..return) as a heap
+ * whose root ranks last. One pass; ties keep the lower id because ids arrive in increasing order. */
+static size_t heap_top(const float *logits, int32_t n_vocab, float inv_t, size_t k, cand *c) {
+    size_t n = 0;
+    for (int32_t id = 0; id < n_vocab; id++) {
+        if (logits[id] == -INFINITY) continue;
+        cand x = {logits[id] * inv_t, 0.0f, id};
+        size_t i;
+        if (n < k) {
+            i = n++;
+            while (i > 0 && worse(&x, &c[(i - 1) / 2])) {
+                c[i] = c[(i - 1) / 2];
+                i = (i - 1) / 2;
+            }
+            c[i] = x;
+        } else if (before(&x, &c[0])) {
+            i = 0;
+            for (;;) {
+                size_t l = 2 * i + 1, r = l + 1, w = i;
+                const cand *wc = &x;
+                if (l < n && worse(&c[l], wc)) w = l, wc = &c[l];
+                if (r < n && worse(&c[r], wc)) w = r;
+                if (w == i) break;
+                c[i] = c[w];
+                i = w;
+            }
+            c[i] = x;
+        }
+    }
+    return n;
 }
 
-/* min-p, top-k, top-p over the tempered logits: the survivors go to scratch c[0..*n) with their
- * unnormalized mass sum exp(c - m) in *z. */
-static void filter(kiln_sampler *s, const float *logits, float inv_t, float m, size_t *n_out,
+/* Top-p over c[0..n) with weights w: returns j, the number of tokens kept, and moves them to
+ * c[0..j) (unordered). Token of rank r is kept while the mass ranked before it is < limit (vLLM:
+ * tokens whose ascending cumulative probability is <= 1 - top_p are removed), so j is the smallest
+ * count whose mass reaches limit. A quickselect on rank that carries the mass above the range:
+ * O(n) on average, no full sort; past a depth limit the range is sorted (O(n log n) worst case). */
+static size_t nucleus(cand *c, size_t n, double limit) {
+    size_t lo = 0, hi = n;  /* c[0..lo) rank above c[lo..hi), which rank above c[hi..n) */
+    double above = 0.0;     /* mass of c[0..lo) */
+    int depth = 0;
+    while (hi - lo > 16 && depth++ < 64) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (before(&c[mid], &c[lo])) swap_cand(&c[mid], &c[lo]);
+        if (before(&c[hi - 1], &c[lo])) swap_cand(&c[hi - 1], &c[lo]);
+        if (before(&c[mid], &c[hi - 1])) swap_cand(&c[mid], &c[hi - 1]);
+        cand pivot = c[hi - 1];
+        size_t store = lo;
+        double mass = 0.0; /* of the part ranked before the pivot */
+        for (size_t i = lo; i < hi - 1; i++) {
+            if (before(&c[i], &pivot)) {
+                mass += c[i].w;
+                swap_cand(&c[i], &c[store++]);
+            }
+        }
+        swap_cand(&c[store], &c[hi - 1]);
+        if (above + mass >= limit) {
+            hi = store; /* the boundary is within the part before the pivot, or right after it */
+        } else {
+            above += mass + c[store].w; /* the pivot is kept */
+            lo = store + 1;
+        }
+    }
+    qsort(c + lo, hi - lo, sizeof(*c), cmp_cand);
+    for (size_t i = lo; i < hi; i++) {
+        if (above >= limit) return i;
+        above += c[i].w;
+    }
+    return hi;
+}
+
+/* Temperature, min-p, top-k, top-p: the survivors go to scratch c[0..*n_out) with their weights,
+ * whose sum is *z_out. max_logit is the maximum adjusted logit; it always survives. */
+static void filter(kiln_sampler *s, const float *logits, float max_logit, size_t *n_out,
                    double *z_out) {
     const kiln_sampler_params *p = &s->p;
+    const float inv_t = 1.0f / p->temperature;
+    const float m = max_logit * inv_t; /* rounding is monotonic: the max of the tempered logits */
     cand *c = s->scratch->cands;
     size_t n = 0;
-    /* min-p: p_i >= min_p * p_max  <=>  exp(l_i - l_max) >= min_p (after temperature) */
-    double min_ratio = p->min_p;
-    for (int32_t i = 0; i < s->n_vocab; i++) {
-        if (logits[i] == -INFINITY) continue;
-        float l = logits[i] * inv_t;
-        if (min_ratio > 0.0 && exp((double)l - m) < min_ratio) continue;
-        c[n].logit = l;
-        c[n].id = i;
-        n++;
-    }
-    KILN_ASSERT(n > 0); /* the maximum always survives */
-    if (p->top_k > 0 && (size_t)p->top_k < n) {
-        select_top(c, n, (size_t)p->top_k);
-        n = (size_t)p->top_k;
-    }
-    double z = 0.0;
-    for (size_t i = 0; i < n; i++) z += exp((double)c[i].logit - m);
-    if (p->top_p < 1.0f) {
-        /* Keep a token while the mass ranked strictly before it is < top_p * z: vLLM removes the
-         * tokens whose ascending cumulative probability is <= 1 - top_p. Sort only as far as the
-         * nucleus reaches: the top 64 first, then 4x more each round. */
-        double limit = (double)p->top_p * z, mass = 0.0;
-        size_t sorted = 0, chunk = 64, keep = n;
-        while (keep == n && sorted < n) {
-            size_t upto = sorted + KILN_MIN(n - sorted, chunk);
-            if (upto < n) select_top(c + sorted, n - sorted, upto - sorted);
-            qsort(c + sorted, upto - sorted, sizeof(*c), cmp_cand);
-            for (size_t i = sorted; i < upto; i++) {
-                if (mass >= limit) {
-                    keep = i;
-                    break;
-                }
-                mass += exp((double)c[i].logit - m);
-            }
-            sorted = upto;
-            chunk *= 4;
+    const bool top_k = p->top_k > 0 && p->top_k < s->n_vocab;
+    /* top-k and min-p commute (both keep the maximum and neither depends on normalization), so
+     * top-k runs first when on: a heap for small k, a quickselect otherwise; only the survivors
+     * pay for an exp. */
+    if (top_k && p->top_k <= HEAP_TOP_K_MAX) {
+        n = heap_top(logits, s->n_vocab, inv_t, (size_t)p->top_k, c);
+    } else {
+        for (int32_t i = 0; i < s->n_vocab; i++) {
+            if (logits[i] == -INFINITY) continue;
+            c[n].logit = logits[i] * inv_t;
+            c[n].id = i;
+            n++;
         }
+        if (top_k && (size_t)p->top_k < n) {
+            select_top(c, n, (size_t)p->top_k);
+            n = (size_t)p->top_k;
+        }
+    }
+    /* weights, and min-p: p_i >= min_p * p_max  <=>  exp(l_i - l_max) >= min_p */
+    const float min_p = p->min_p;
+    size_t n_kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        float w = expf(c[i].logit - m);
+        if (w < min_p) continue;
+        c[n_kept] = c[i];
+        c[n_kept].w = w;
+        n_kept++;
+    }
+    n = n_kept;
+    KILN_ASSERT(n > 0); /* the maximum has w = 1 */
+    double z = 0.0;
+    for (size_t i = 0; i < n; i++) z += c[i].w;
+    if (p->top_p < 1.0f) {
+        size_t keep = nucleus(c, n, (double)p->top_p * z);
         if (keep < n) {
             n = keep;
             z = 0.0;
-            for (size_t i = 0; i < n; i++) z += exp((double)c[i].logit - m);
+            for (size_t i = 0; i < n; i++) z += c[i].w;
         }
     }
     *n_out = n;
@@ -456,7 +528,7 @@ kiln_err kiln_sampler_sample(kiln_sampler *s, float *logits, kiln_sample_result 
         }
         double z = 0.0;
         if (mx > -INFINITY)
-            for (int32_t i = 0; i < V; i++) z += exp((double)logits[i] - mx);
+            for (int32_t i = 0; i < V; i++) z += expf(logits[i] - mx);
         lse = mx > -INFINITY ? mx + log(z) : 0.0;
         memcpy(sc->raw, logits, (size_t)V * sizeof(*logits));
         out->n_top = KILN_MIN(p->n_top_logprobs, V);
@@ -468,34 +540,22 @@ kiln_err kiln_sampler_sample(kiln_sampler *s, float *logits, kiln_sample_result 
     if ((err = adjust(s, logits, true, &i_max, &mx)) != KILN_OK) return err;
 
     int32_t token = i_max; /* greedy */
-    if (p->temperature >= SAMPLING_EPS) {
-        const float inv_t = 1.0f / p->temperature;
-        const float m = mx * inv_t;
-        if (!has_filters(s)) {
-            double z = 0.0;
-            for (int32_t i = 0; i < V; i++) z += exp((double)(logits[i] * inv_t) - m);
-            double u = kiln_rng_uniform(&s->rng) * z, acc = 0.0;
-            for (int32_t i = 0; i < V; i++) {
-                if (logits[i] == -INFINITY) continue;
-                acc += exp((double)(logits[i] * inv_t) - m);
-                token = i;
-                if (acc > u) break;
-            }
-        } else {
-            size_t n;
-            double z;
-            filter(s, logits, inv_t, m, &n, &z);
-            const cand *c = sc->cands;
-            double u = kiln_rng_uniform(&s->rng) * z, acc = 0.0;
-            token = c[n - 1].id;
-            for (size_t i = 0; i < n; i++) {
-                acc += exp((double)c[i].logit - m);
-                if (acc > u) {
-                    token = c[i].id;
-                    break;
-                }
-            }
+    if (p->temperature > 0.0f) {
+        size_t n;
+        double z;
+        filter(s, logits, mx, &n, &z);
+        const cand *c = sc->cands;
+        /* walk to the first cumulative weight past u; rounding can leave u unreached, then the
+         * last candidate of positive weight is taken */
+        double u = kiln_rng_uniform(&s->rng) * z, acc = 0.0;
+        token = -1;
+        for (size_t i = 0; i < n; i++) {
+            if (c[i].w == 0.0f) continue;
+            acc += c[i].w;
+            token = c[i].id;
+            if (acc > u) break;
         }
+        KILN_ASSERT(token >= 0);
     }
 
     out->token = token;
@@ -512,22 +572,14 @@ kiln_err kiln_sampler_dist(kiln_sampler *s, float *logits, float *probs) {
     float mx;
     if ((err = adjust(s, logits, false, &i_max, &mx)) != KILN_OK) return err;
     memset(probs, 0, (size_t)V * sizeof(*probs));
-    if (s->p.temperature < SAMPLING_EPS) {
+    if (s->p.temperature == 0.0f) {
         probs[i_max] = 1.0f;
-        return KILN_OK;
-    }
-    const float inv_t = 1.0f / s->p.temperature;
-    const float m = mx * inv_t;
-    if (!has_filters(s)) {
-        double z = 0.0;
-        for (int32_t i = 0; i < V; i++) z += exp((double)(logits[i] * inv_t) - m);
-        for (int32_t i = 0; i < V; i++) probs[i] = (float)(exp((double)(logits[i] * inv_t) - m) / z);
         return KILN_OK;
     }
     size_t n;
     double z;
-    filter(s, logits, inv_t, m, &n, &z);
+    filter(s, logits, mx, &n, &z);
     const cand *c = s->scratch->cands;
-    for (size_t i = 0; i < n; i++) probs[c[i].id] = (float)(exp((double)c[i].logit - m) / z);
+    for (size_t i = 0; i < n; i++) probs[c[i].id] = (float)(c[i].w / z);
     return KILN_OK;
 }

@@ -19,7 +19,8 @@ typedef struct kiln_logit_bias {
 
 /* Request-level sampling parameters; plain data, owned by the caller. */
 typedef struct kiln_sampler_params {
-    float temperature;                /* >= 0; < 1e-5 = greedy (argmax, ties -> lowest id); default 1 */
+    float temperature;                /* [0, 2]; 0 = greedy (argmax, ties -> lowest id); values in
+                                         (0, 0.01) act as 0.01 (vLLM); default 1 */
     float top_p;                      /* (0, 1]; 1 = off */
     int32_t top_k;                    /* 0 or -1 = off; > n_vocab acts as off */
     float min_p;                      /* [0, 1]; 0 = off */
@@ -90,17 +91,18 @@ typedef struct kiln_sample_result {
     kiln_token_logprob top[KILN_MAX_TOP_LOGPROBS]; /* by logprob desc, ties by lower id first */
 } kiln_sample_result;
 
-/* Samples one token from `logits` (n_vocab floats; modified in place), in vLLM v1's order:
+/* Samples one token from `logits` (n_vocab floats; on return they hold the adjusted logits: after
+ * bias, penalties and masks, before temperature), in vLLM v1's order:
  * raw logprobs -> logit bias -> repetition, frequency, presence penalties -> masks -> greedy if
- * temperature < 1e-5 -> temperature -> min-p -> top-k -> top-p -> draw from the softmax.
+ * temperature == 0 -> temperature -> min-p -> top-k -> top-p -> draw from the softmax.
  * NaN logits count as -inf. Records the chosen token in the history and clears the masks.
  * KILN_ERR_INVALID when no token has a finite logit after masking; KILN_ERR_NOMEM (history growth). */
 kiln_err kiln_sampler_sample(kiln_sampler *s, float *logits, kiln_sample_result *out);
 
 /* The distribution kiln_sampler_sample would draw from for these logits (after bias, penalties,
  * pending masks, temperature and filters; one-hot at the argmax when greedy), written to probs
- * (n_vocab floats). Draws nothing and changes neither history nor masks; logits are modified in
- * place. For tests and diagnostics. KILN_ERR_INVALID as kiln_sampler_sample. */
+ * (n_vocab floats). Draws nothing and changes neither history nor masks; logits are adjusted in
+ * place as by kiln_sampler_sample. For tests and diagnostics. KILN_ERR_INVALID as kiln_sampler_sample. */
 kiln_err kiln_sampler_dist(kiln_sampler *s, float *logits, float *probs);
 
 /* ---- stop strings (streaming path) ----

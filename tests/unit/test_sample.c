@@ -92,6 +92,7 @@ static void params_errors_name_field(void) {
     BAD("temperature", p.temperature = -0.5f);
     BAD("temperature", p.temperature = NAN);
     BAD("temperature", p.temperature = INFINITY);
+    BAD("temperature", p.temperature = 2.01f);
     BAD("top_p", p.top_p = 0.0f);
     BAD("top_p", p.top_p = 1.5f);
     BAD("top_p", p.top_p = NAN);
@@ -114,7 +115,7 @@ static void params_errors_name_field(void) {
 #undef BAD
     /* boundaries that are valid */
     kiln_sampler_params_default(&p);
-    p.temperature = 0.0f;
+    p.temperature = 2.0f;
     p.top_p = 1.0f;
     p.top_k = -1;
     p.min_p = 1.0f;
@@ -145,14 +146,16 @@ static void greedy_argmax_and_ties(void) {
     CHECK_EQ_INT(r.token, 4);
     kiln_sampler_free(s);
 
-    /* a temperature under vLLM's epsilon (1e-5) is greedy too */
+    /* vLLM raises a temperature in (0, 0.01) to 0.01: not greedy, softmax(l / 0.01) */
     p.temperature = 5e-6f;
     s = mk(&p, 8);
-    for (int k = 0; k < 50; k++) {
-        float l3[8] = {1.0f, 1.2f, 0.9f, 1.1f, 1.19f, 0.0f, 0.0f, 0.0f};
-        CHECK_EQ_INT(kiln_sampler_sample(s, l3, &r), KILN_OK);
-        CHECK_EQ_INT(r.token, 1);
-    }
+    float l3[8] = {1.0f, 1.2f, 0.9f, 1.1f, 1.19f, 0.0f, 0.0f, 0.0f}, probs[8];
+    double ld[8], want[8];
+    for (int i = 0; i < 8; i++) ld[i] = l3[i] / 0.01;
+    softmax_d(ld, 8, want);
+    CHECK_EQ_INT(kiln_sampler_dist(s, l3, probs), KILN_OK);
+    for (int i = 0; i < 8; i++) CHECK_NEAR(probs[i], want[i], 1e-5);
+    CHECK(probs[4] > 0.2); /* 1.19 vs 1.2: e^-1 relative */
     kiln_sampler_free(s);
 }
 
@@ -383,7 +386,7 @@ typedef struct ref_case {
 } ref_case;
 
 static void make_case(kiln_rng *g, ref_case *c) {
-    static const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.0f, 1.5f};
+    static const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.0f, 1.5f, 2.0f};
     static const float top_ps[] = {1.0f, 1.0f, 0.5f, 0.9f, 0.95f, 0.3f};
     static const int top_ks[] = {0, -1, 1, 3, 10, 0, 50};
     static const float min_ps[] = {0.0f, 0.0f, 0.05f, 0.2f};
@@ -391,7 +394,7 @@ static void make_case(kiln_rng *g, ref_case *c) {
     memset(c, 0, sizeof(*c));
     kiln_sampler_params_default(&c->p);
     c->V = Vs[kiln_rng_u64(g) % 4];
-    c->p.temperature = temps[kiln_rng_u64(g) % 6];
+    c->p.temperature = temps[kiln_rng_u64(g) % 7];
     c->p.top_p = top_ps[kiln_rng_u64(g) % 6];
     c->p.top_k = top_ks[kiln_rng_u64(g) % 7];
     c->p.min_p = min_ps[kiln_rng_u64(g) % 4];
@@ -717,17 +720,23 @@ static void logit_bias_bans_and_forces(void) {
     CHECK_EQ_INT(n4, 2000);
     kiln_sampler_free(s);
 
-    /* values past +-100 are clamped to 100; duplicates add; the exact distribution */
-    kiln_logit_bias big[3] = {{1, 1000.0f}, {3, 0.5f}, {3, 0.25f}};
+    /* values past +-100 are clamped to +-100; duplicates add; the adjusted logits are left in
+     * the array, and the distribution is their softmax */
+    kiln_logit_bias big[4] = {{1, 1000.0f}, {3, 0.5f}, {3, 0.25f}, {2, -1e30f}};
     p.logit_bias = big;
-    p.n_logit_bias = 3;
-    p.temperature = 20.0f;
+    p.n_logit_bias = 4;
+    p.temperature = 2.0f;
     s = mk(&p, V);
     float buf[V], probs[V];
     memcpy(buf, l, sizeof(buf));
     CHECK_EQ_INT(kiln_sampler_dist(s, buf, probs), KILN_OK);
-    double adj[V] = {5.0 / 20, 101.0 / 20, 0.0 / 20, 4.75 / 20, -1.0 / 20}, want[V];
-    softmax_d(adj, V, want);
+    const double adj[V] = {5.0, 101.0, -100.0, 4.75, -1.0};
+    double scaled[V], want[V];
+    for (int i = 0; i < V; i++) {
+        CHECK_NEAR(buf[i], adj[i], 1e-5);
+        scaled[i] = adj[i] / 2.0;
+    }
+    softmax_d(scaled, V, want);
     for (int i = 0; i < V; i++) CHECK_NEAR(probs[i], want[i], 1e-6);
     kiln_sampler_free(s);
 }
@@ -832,6 +841,33 @@ static void large_vocab_against_full_sort(void) {
         }
         kiln_sampler_free(s);
     }
+    /* many ties at the top: top_k keeps exactly the k lowest ids among them (heap and quickselect
+     * paths); ids chosen by a stride so that they are not in increasing memory order of value */
+    for (size_t kk = 0; kk < 2; kk++) {
+        const int32_t k = kk == 0 ? 40 : 300;
+        memcpy(buf, l, sizeof(float) * V);
+        for (int j = 0; j < 500; j++) buf[(j * 7919) % V] = 50.0f;
+        int32_t tied_ids[500];
+        for (int j = 0; j < 500; j++) tied_ids[j] = (j * 7919) % V;
+        /* the k smallest ids among the tied ones: sort by id (insertion sort, 500 entries) */
+        for (int a = 1; a < 500; a++)
+            for (int b = a; b > 0 && tied_ids[b] < tied_ids[b - 1]; b--) {
+                int32_t t = tied_ids[b];
+                tied_ids[b] = tied_ids[b - 1];
+                tied_ids[b - 1] = t;
+            }
+        kiln_sampler_params p;
+        kiln_sampler_params_default(&p);
+        p.top_k = k;
+        kiln_sampler *s = NULL;
+        CHECK_EQ_INT(kiln_sampler_new(&p, V, sc, &s), KILN_OK);
+        CHECK_EQ_INT(kiln_sampler_dist(s, buf, probs), KILN_OK);
+        int n_bad = 0;
+        for (int j = 0; j < 500; j++) n_bad += fabs(probs[tied_ids[j]] - (j < k ? 1.0 / k : 0.0)) > 1e-6;
+        CHECK_MSG(n_bad == 0, "top_k %d over 500 ties: %d tokens wrong", (int)k, n_bad);
+        kiln_sampler_free(s);
+    }
+
     /* a scratch too small for the vocabulary is refused */
     kiln_sampler_params p;
     kiln_sampler_params_default(&p);
