@@ -150,7 +150,10 @@ int kiln_cmd_run(int argc, char **argv) {
                         kiln_vocab_n_tokens(vocab), hp->n_vocab);
         goto out_err;
     }
-    if ((err = kiln_sampler_new(&a.sp, hp->n_vocab, NULL, &smp))) goto out_err;
+    /* Embedding rows past the vocabulary (padding) can never be sampled: the sampler sees only
+     * the first n_tokens logits. */
+    int32_t n_sample = KILN_MIN(kiln_vocab_n_tokens(vocab), hp->n_vocab);
+    if ((err = kiln_sampler_new(&a.sp, n_sample, NULL, &smp))) goto out_err;
     if ((err = kiln_tok_encode(vocab, a.prompt, strlen(a.prompt), true, true, &ids, &n_prompt))) goto out_err;
     int64_t n_ctx = a.ctx > 0 ? a.ctx : hp->n_ctx_train;
     if (n_prompt == 0) {
