@@ -206,27 +206,36 @@ static void batching_invariance_real(void) {
     kiln_model_free(m);
 }
 
-/* A random-weight qwen3 model (head_dim != dim / heads, GQA, NEOX) from tools/gen_model.py, when
- * Python with numpy is available; its absence is reported, not failed. */
+/* Random-weight models from tools/gen_model.py (when Python with numpy is available; its absence
+ * is reported, not failed): qwen3 with head_dim != dim / heads (NEOX, Q/K norms), and a tied llama
+ * with Llama 3.1 rope_freqs in Q4_0. */
 static void batching_invariance_random(void) {
     const char *root = getenv("KILN_ROOT");
-    char path[512], cmd[1400];
-    snprintf(path, sizeof(path), "%s/qwen3.gguf", tmp_dir);
-    snprintf(cmd, sizeof(cmd),
-             "/usr/bin/python3 %s/tools/gen_model.py %s --arch qwen3 --type q8_0 --dim 64 --heads 4 --kv-heads 2 "
-             "--head-dim 32 --layers 2 --vocab 300 >/dev/null 2>&1",
-             root ? root : ".", path);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "  (skipped: tools/gen_model.py unavailable)\n");
-        return;
+    const struct {
+        const char *flags;
+        kiln_arch arch;
+    } models[] = {
+        {"--arch qwen3 --type q8_0 --dim 64 --heads 4 --kv-heads 2 --head-dim 32", KILN_ARCH_QWEN3},
+        {"--arch llama --type q4_0 --dim 64 --heads 4 --kv-heads 1 --tied --llama3-rope 8,1,4,32", KILN_ARCH_LLAMA},
+    };
+    for (size_t i = 0; i < KILN_ARRAY_LEN(models); i++) {
+        char path[512], cmd[1400];
+        snprintf(path, sizeof(path), "%s/random%zu.gguf", tmp_dir, i);
+        snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/tools/gen_model.py %s %s --layers 2 --vocab 300 >/dev/null 2>&1",
+                 root ? root : ".", path, models[i].flags);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "  (skipped: tools/gen_model.py %s failed or is unavailable)\n", models[i].flags);
+            continue;
+        }
+        kiln_model *m = load(path);
+        if (!m) continue;
+        CHECK_EQ_INT(kiln_model_hparams(m)->arch, models[i].arch);
+        if (models[i].arch == KILN_ARCH_LLAMA) CHECK(m->freq_factors && kiln_model_hparams(m)->tied_output);
+        if (models[i].arch == KILN_ARCH_QWEN3) CHECK_EQ_INT(kiln_model_hparams(m)->head_dim, 32);
+        check_batching_invariance(m, 9 + i);
+        kiln_model_free(m);
+        unlink(path);
     }
-    kiln_model *m = load(path);
-    if (!m) return;
-    CHECK_EQ_INT(kiln_model_hparams(m)->arch, KILN_ARCH_QWEN3);
-    CHECK_EQ_INT(kiln_model_hparams(m)->head_dim, 32);
-    check_batching_invariance(m, 9);
-    kiln_model_free(m);
-    unlink(path);
 }
 
 /* Prefix sharing: B reuses A's two full blocks (refcount 2, read-only) and a copy of A's third,
