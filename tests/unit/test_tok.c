@@ -420,6 +420,52 @@ static void odd_inputs(void) {
     kiln_free(s);
 }
 
+/* Random bytes never fail to encode; byte-level BPE pieces give the bytes back exactly; random
+ * ids always decode (and stream) to well-formed UTF-8. */
+static void random_inputs(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 2024);
+    const char alphabet[] = "ab <|>\n\t\xe2\x96\x81\xf0\x9f\xa6\x99\xc3\xa9\xff\x80";
+    for (int it = 0; it < 1500; it++) {
+        char s[96];
+        size_t len = kiln_rng_u64(&r) % sizeof(s);
+        bool raw = it % 2;
+        for (size_t i = 0; i < len; i++)
+            s[i] = raw ? (char)kiln_rng_u64(&r)
+                       : alphabet[kiln_rng_u64(&r) % (sizeof(alphabet) - 1)];
+        int32_t *ids = NULL;
+        size_t n = 0;
+        bool special = it % 3 == 0;
+        CHECK(kiln_tok_encode(vocab_bpe, s, len, false, special, &ids, &n) == KILN_OK);
+        kiln_buf b;
+        kiln_buf_init(&b);
+        for (size_t i = 0; i < n; i++) kiln_tok_piece(vocab_bpe, ids[i], true, &b);
+        CHECK_MSG(b.len == len && (len == 0 || memcmp(b.data, s, len) == 0), "iteration %d", it);
+        kiln_free(ids);
+        CHECK(kiln_tok_encode(vocab_spm, s, len, true, special, &ids, &n) == KILN_OK);
+        kiln_free(ids);
+        /* random ids */
+        int32_t rid[32];
+        size_t nr = kiln_rng_u64(&r) % 32;
+        const kiln_vocab *v = it % 2 ? vocab_bpe : vocab_spm;
+        for (size_t i = 0; i < nr; i++)
+            rid[i] = (int32_t)(kiln_rng_u64(&r) % (uint64_t)kiln_vocab_n_tokens(v));
+        kiln_buf_reset(&b);
+        CHECK(kiln_tok_decode(v, rid, nr, it % 4 == 0, &b) == KILN_OK);
+        CHECK_MSG(utf8_valid(b.data, b.len), "iteration %d: decode is not UTF-8", it);
+        kiln_detok d;
+        kiln_detok_init(&d, v, it % 4 == 0, true);
+        kiln_buf st;
+        kiln_buf_init(&st);
+        for (size_t i = 0; i < nr; i++) CHECK(kiln_detok_push(&d, rid[i], &st) == KILN_OK);
+        CHECK(kiln_detok_flush(&d, &st) == KILN_OK);
+        CHECK_MSG(st.len == b.len && (st.len == 0 || memcmp(st.data, b.data, st.len) == 0),
+                  "iteration %d: stream != decode", it);
+        kiln_buf_deinit(&st);
+        kiln_buf_deinit(&b);
+    }
+}
+
 /* Every allocation of vocab load, encode and decode may fail: a clean error, no leak (ASan). */
 static void alloc_failures_for(const char *path, const char *text) {
     kiln_gguf *g = NULL;
@@ -479,6 +525,7 @@ int main(void) {
         RUN(special_tokens);
         RUN(flags_and_pieces);
         RUN(odd_inputs);
+        RUN(random_inputs);
     }
     RUN(alloc_failures);
     kiln_vocab_free(vocab_spm);
