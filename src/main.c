@@ -12,7 +12,8 @@ static void usage(FILE *f) {
                "  run        generate text from a prompt\n"
                "  tokenize   print the token ids of stdin\n"
                "  detokenize print the text of the token ids on stdin\n"
-               "  eval       dump the logits of a token id sequence (tests)\n");
+               "  eval       dump the logits of a token id sequence (tests)\n"
+               "  template   render a chat template with a JSON context\n");
 }
 
 int main(int argc, char **argv) {
@@ -24,6 +25,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "tokenize")) return kiln_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(argv[1], "detokenize")) return kiln_cmd_detokenize(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return kiln_cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve")) return kiln_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "template")) return kiln_cmd_template(argc - 1, argv + 1);
     fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 1;

@@ -8,5 +8,7 @@ int kiln_cmd_eval(int argc, char **argv);
 int kiln_cmd_run(int argc, char **argv);
 int kiln_cmd_tokenize(int argc, char **argv);
 int kiln_cmd_detokenize(int argc, char **argv);
+int kiln_cmd_serve(int argc, char **argv);
+int kiln_cmd_template(int argc, char **argv);
 
 #endif
