@@ -51,9 +51,23 @@ static kiln_err print_ids(const kiln_vocab *v, const char *text, size_t len, boo
     return err;
 }
 
+/* --info: the vocabulary's type, sizes, special ids and end-of-generation set, one per line. */
+static kiln_err print_info(const kiln_vocab *v, kiln_buf *out) {
+    kiln_err err = kiln_buf_printf(
+        out, "type %s\npre %s\nn_tokens %d\nbos %d\neos %d\neot %d\nunk %d\npad %d\nadd_bos %d\n",
+        kiln_vocab_get_type(v) == KILN_VOCAB_SPM ? "spm" : "bpe", kiln_vocab_pre(v),
+        kiln_vocab_n_tokens(v), kiln_vocab_bos(v), kiln_vocab_eos(v), kiln_vocab_eot(v),
+        kiln_vocab_unk(v), kiln_vocab_pad(v), kiln_vocab_add_bos(v));
+    if (!err) err = kiln_buf_puts(out, "eog");
+    for (int32_t id = 0; id < kiln_vocab_n_tokens(v) && !err; id++)
+        if (kiln_vocab_is_eog(v, id)) err = kiln_buf_printf(out, " %d", id);
+    if (!err) err = kiln_buf_putc(out, '\n');
+    return err;
+}
+
 int kiln_cmd_tokenize(int argc, char **argv) {
     const char *model = NULL;
-    bool bos = true, special = false, batch = false;
+    bool bos = true, special = false, batch = false, info = false;
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
             model = argv[++i];
@@ -63,10 +77,14 @@ int kiln_cmd_tokenize(int argc, char **argv) {
             special = true;
         else if (!strcmp(argv[i], "--batch"))
             batch = true;
+        else if (!strcmp(argv[i], "--info"))
+            info = true;
         else {
-            fprintf(stderr, "usage: kiln tokenize -m MODEL [--no-bos] [--parse-special] [--batch]\n"
+            fprintf(stderr, "usage: kiln tokenize -m MODEL [--no-bos] [--parse-special] [--batch]"
+                            " [--info]\n"
                             "  reads text on stdin, prints its token ids on one line;\n"
-                            "  --batch: stdin holds NUL-terminated texts, one line of ids each\n");
+                            "  --batch: stdin holds NUL-terminated texts, one line of ids each\n"
+                            "  --info: print the vocabulary's special ids instead\n");
             return 1;
         }
     }
@@ -80,8 +98,11 @@ int kiln_cmd_tokenize(int argc, char **argv) {
     kiln_buf in, out;
     kiln_buf_init(&in);
     kiln_buf_init(&out);
-    if ((err = read_stdin(&in)) != KILN_OK) goto done;
-    if (!batch) {
+    if (info) {
+        err = print_info(v, &out);
+    } else if ((err = read_stdin(&in)) != KILN_OK) {
+        goto done;
+    } else if (!batch) {
         err = print_ids(v, in.data ? in.data : "", in.len, bos, special, &out);
     } else {
         size_t pos = 0;

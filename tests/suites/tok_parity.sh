@@ -46,6 +46,11 @@ for m in llama3 qwen3; do
         ko "$m: conversion failed: $(tail -n 3 "$tmp/conv.err")"
         continue
     fi
+    # end of generation = the models' generation_config.json eos_token_id lists
+    # (Meta-Llama-3-8B-Instruct: 128001, 128009; Qwen3: 151645, 151643)
+    case $m in llama3) want_eog="eog 128001 128009" ;; qwen3) want_eog="eog 151643 151645" ;; esac
+    got=$("$bin" tokenize -m "$tmp/$m.gguf" --info | grep '^eog')
+    [ "$got" = "$want_eog" ] && ok || ko "$m: '$got', want '$want_eog'"
     if ! node "$root/tests/ref/tok_ref.mjs" gen "$dir" "$data/vocab/ggml-vocab-gpt-2.gguf.inp" \
             "$tmp/$m.texts" "$tmp/$m.ref"; then
         ko "$m: reference tokenizer failed"
