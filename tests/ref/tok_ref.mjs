@@ -108,6 +108,16 @@ function texts(inpFile, specials) {
         for (let j = 0; j < n; j++) s += pool[Math.floor(r() * pool.length)];
         out.push(s);
     }
+    // 9. long texts: a document made of everything above, long random mixes, long runs
+    out.push(out.slice(0, 120).join("\n"));
+    for (let i = 0; i < 10; i++) {
+        const n = 300 + Math.floor(r() * 700);
+        let s = "";
+        for (let j = 0; j < n; j++) s += pool[Math.floor(r() * pool.length)];
+        out.push(s);
+    }
+    out.push("a".repeat(500), "1".repeat(200), " ".repeat(300) + "x", "\n".repeat(100) + "y",
+        "ab".repeat(300), "🦙".repeat(50), "的".repeat(120), "!?".repeat(100));
     // texts may not contain NUL (the batch separator)
     return [...new Set(out)].filter((t) => !t.includes("\0"));
 }
