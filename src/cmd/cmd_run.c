@@ -193,9 +193,13 @@ int kiln_cmd_run(int argc, char **argv) {
     for (size_t i = 0; i < n_prompt; i++)
         rows[i] = (kiln_batch_row){.token = ids[i], .pos = (int32_t)i, .seq = 0, .want_logits = i + 1 == n_prompt};
 
+    /* Prefill in chunks of at most 512 rows, which bounds the activation scratch. */
     double t0 = kiln_now_s();
-    kiln_batch pb = {.n_rows = (int32_t)n_prompt, .rows = rows, .n_seqs = 1, .seqs = &seq};
-    if ((err = kiln_model_forward(m, kv, &pb, logits))) goto out_err;
+    for (size_t start = 0; start < n_prompt; start += 512) {
+        kiln_batch pb = {.n_rows = (int32_t)KILN_MIN(n_prompt - start, (size_t)512), .rows = rows + start,
+                         .n_seqs = 1, .seqs = &seq};
+        if ((err = kiln_model_forward(m, kv, &pb, logits))) goto out_err;
+    }
     double t1 = kiln_now_s();
 
     kiln_detok dt;
