@@ -71,6 +71,46 @@ err=$("$bin" run -m "$mod" -p x --temp -1 2>&1 >/dev/null); rc=$?
 if [ "$rc" -eq 1 ] && grep -q "temperature" <<<"$err"; then ok "bad --temp rejected: $err"
 else bad "bad --temp: rc $rc, '$err'"; fi
 
+# Broken model files through the CLI under ASan: each a one-line error naming the file, exit 1.
+cdir=$out/corrupt_models
+rm -rf "$cdir"; mkdir -p "$cdir"
+if "$py" - "$m/stories260K.gguf" "$cdir" <<'PYEOF'
+import struct, sys
+src, outdir = sys.argv[1], sys.argv[2]
+buf = open(src, "rb").read()
+def at(name):  # offset just past a length-prefixed string
+    b = name.encode()
+    i = buf.index(struct.pack("<Q", len(b)) + b)
+    return i + 8 + len(b)
+def put(name, data):
+    open("%s/%s.gguf" % (outdir, name), "wb").write(data)
+def patch(off, fmt, v):
+    b = bytearray(buf); struct.pack_into(fmt, b, off, v); return bytes(b)
+put("truncated-header", buf[:600])
+put("truncated-data", buf[:len(buf) - 5000])
+put("bad-magic", b"GGUX" + buf[4:])
+put("huge-kv-count", patch(16, "<Q", 1 << 60))
+put("q-wrong-shape", patch(at("blk.1.attn_q.weight") + 4 + 8, "<Q", 32))
+put("unsupported-type", patch(at("blk.2.attn_v.weight") + 4 + 16, "<I", 9))
+put("missing-tensor", buf.replace(b"blk.0.ffn_gate.weight", b"blk.0.ffn_gatx.weight"))
+put("bad-head-count", patch(at("llama.attention.head_count") + 4, "<I", 5))
+put("unknown-arch", patch(at("general.architecture") + 4 + 8, "<5s", b"gpt9x"))
+PYEOF
+then
+    for f in "$cdir"/*.gguf; do
+        name=$(basename "$f" .gguf)
+        err=$("${bin_asan:-$bin}" run -m "$f" -p x -n 1 2>&1 >/dev/null); rc=$?
+        if [ "$rc" -eq 1 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] && grep -qF "$f" <<<"$err"; then
+            ok "corrupt $name: $err"
+        else
+            bad "corrupt $name: rc $rc: $err"
+        fi
+    done
+else
+    bad "could not write the corrupted models"
+fi
+rm -rf "$cdir"
+
 # ASan: 40 tokens print a prefix of the reference text (the detokenizer never splits a
 # character, and this text is ASCII, so the prefix is exact bytes).
 if [ -x "$bin_asan" ]; then
