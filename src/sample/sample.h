@@ -86,7 +86,8 @@ typedef struct kiln_sample_result {
     int32_t token;                    /* the sampled token */
     /* Logprobs are log-softmax of the RAW logits (before bias, penalties, masks, temperature and
      * filters): vLLM's default logprobs_mode "raw_logprobs". Set only when n_top_logprobs >= 0. */
-    float logprob;                    /* of `token` */
+    float logprob;                    /* of `token`; -INFINITY if its raw logit was -inf or NaN
+                                         (JSON has no -inf: vLLM prints -9999.0) */
     int32_t n_top;                    /* = n_top_logprobs (0 when logprobs are off) */
     kiln_token_logprob top[KILN_MAX_TOP_LOGPROBS]; /* by logprob desc, ties by lower id first */
 } kiln_sample_result;
@@ -117,6 +118,8 @@ kiln_err kiln_sampler_dist(kiln_sampler *s, float *logits, float *probs);
 typedef struct kiln_stop_matcher {
     char **stops;                     /* n_stops owned copies (NUL-terminated) */
     size_t *lens;                     /* n_stops byte lengths, each >= 1 */
+    uint16_t **fail;                  /* n_stops KMP failure tables of lens[i] entries */
+    size_t *state;                    /* n_stops: bytes of stops[i] matched by the stream's tail */
     int32_t n_stops;
     bool include_stop;                /* include_stop_str_in_output */
     kiln_buf pending;                 /* text fed but not released yet */
@@ -133,8 +136,10 @@ typedef struct kiln_stop_out {
 } kiln_stop_out;
 
 /* Copies the n_stops strings (lens[i] bytes each; lens NULL = NUL-terminated). KILN_ERR_INVALID
- * ("stop: ..." for an empty string, too many or too long), KILN_ERR_NOMEM. n_stops 0 is valid (the
- * matcher then only holds back incomplete UTF-8). Deinit with kiln_stop_matcher_deinit. */
+ * ("stop: ..." for an empty string, too many, too long or not UTF-8), KILN_ERR_NOMEM. n_stops 0 is
+ * valid (the matcher then only holds back incomplete UTF-8). Deinit with kiln_stop_matcher_deinit,
+ * which is also safe (and frees nothing) after a failed init. Feeding costs O(n_stops) per byte
+ * (a KMP automaton per stop string). */
 kiln_err kiln_stop_matcher_init(kiln_stop_matcher *m, const char *const *stops, const size_t *lens,
                                 int32_t n_stops, bool include_stop_str_in_output);
 void kiln_stop_matcher_deinit(kiln_stop_matcher *m);

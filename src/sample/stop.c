@@ -1,5 +1,6 @@
-/* stop.c: stop strings over streamed text. Invariants: `pending` never holds a complete stop
- * string that ends before the newest feed (each feed searches only matches that end in its bytes);
+/* stop.c: stop strings over streamed text. One KMP automaton per stop string follows the stream
+ * byte by byte: state[i] is the longest prefix of stop i that ends the text so far. Invariants: no
+ * released byte belongs to a possible match (everything from the longest partial match on is held);
  * released text never ends inside a UTF-8 character. Thread: the owner of the matcher (engine). */
 #include "sample/sample.h"
 
@@ -70,12 +71,23 @@ kiln_err kiln_stop_matcher_init(kiln_stop_matcher *m, const char *const *stops, 
     }
     m->stops = kiln_calloc((size_t)n_stops, sizeof(*m->stops));
     m->lens = kiln_calloc((size_t)n_stops, sizeof(*m->lens));
-    if (!m->stops || !m->lens) goto out_nomem;
+    m->fail = kiln_calloc((size_t)n_stops, sizeof(*m->fail));
+    m->state = kiln_calloc((size_t)n_stops, sizeof(*m->state));
+    if (!m->stops || !m->lens || !m->fail || !m->state) goto out_nomem;
     m->n_stops = n_stops;
     for (int32_t i = 0; i < n_stops; i++) {
-        m->lens[i] = lens ? lens[i] : strlen(stops[i]);
-        m->stops[i] = kiln_strndup(stops[i], m->lens[i]);
-        if (!m->stops[i]) goto out_nomem;
+        size_t len = m->lens[i] = lens ? lens[i] : strlen(stops[i]);
+        m->stops[i] = kiln_strndup(stops[i], len);
+        m->fail[i] = kiln_calloc(len, sizeof(uint16_t));
+        if (!m->stops[i] || !m->fail[i]) goto out_nomem;
+        /* fail[j]: length of the longest proper prefix of stop[0..j] that is also its suffix */
+        const char *t = m->stops[i];
+        size_t k = 0;
+        for (size_t j = 1; j < len; j++) {
+            while (k > 0 && t[j] != t[k]) k = m->fail[i][k - 1];
+            if (t[j] == t[k]) k++;
+            m->fail[i][j] = (uint16_t)k;
+        }
     }
     return KILN_OK;
 out_nomem:
@@ -84,13 +96,19 @@ out_nomem:
 }
 
 void kiln_stop_matcher_deinit(kiln_stop_matcher *m) {
-    if (m->stops)
-        for (int32_t i = 0; i < m->n_stops; i++) kiln_free(m->stops[i]);
+    for (int32_t i = 0; i < m->n_stops; i++) {
+        if (m->stops) kiln_free(m->stops[i]);
+        if (m->fail) kiln_free(m->fail[i]);
+    }
     kiln_free(m->stops);
     kiln_free(m->lens);
+    kiln_free(m->fail);
+    kiln_free(m->state);
     kiln_buf_deinit(&m->pending);
     m->stops = NULL;
     m->lens = NULL;
+    m->fail = NULL;
+    m->state = NULL;
     m->n_stops = 0;
 }
 
@@ -120,14 +138,21 @@ kiln_err kiln_stop_matcher_feed(kiln_stop_matcher *m, const char *text, size_t n
     size_t len = m->pending.len;
     if (len == 0) return KILN_OK;
 
-    /* The first stop string to complete: smallest end, then longest. Only ends inside the new
-     * bytes can be new matches. */
+    /* Advance every automaton byte by byte: the first stop string to complete wins (smallest
+     * end; at equal ends the longest, which started first). */
     for (size_t end = old_len + 1; end <= len; end++) {
+        const char c = s[end - 1];
         int32_t best = -1;
         for (int32_t i = 0; i < m->n_stops; i++) {
-            size_t l = m->lens[i];
-            if (l > end || (best >= 0 && l <= m->lens[best])) continue;
-            if (memcmp(s + end - l, m->stops[i], l) == 0) best = i;
+            const char *t = m->stops[i];
+            size_t k = m->state[i];
+            while (k > 0 && t[k] != c) k = m->fail[i][k - 1];
+            if (t[k] == c) k++;
+            if (k == m->lens[i]) {
+                if (best < 0 || m->lens[i] > m->lens[best]) best = i;
+                k = m->fail[i][k - 1];
+            }
+            m->state[i] = k;
         }
         if (best >= 0) {
             m->i_matched = best;
@@ -140,18 +165,10 @@ kiln_err kiln_stop_matcher_feed(kiln_stop_matcher *m, const char *text, size_t n
         }
     }
 
-    /* Hold back the longest suffix that is a proper prefix of some stop string. */
+    /* Hold back the longest partial match (a proper prefix of some stop string). */
     size_t hold = 0;
-    for (int32_t i = 0; i < m->n_stops; i++) {
-        size_t l = m->lens[i];
-        size_t k_max = KILN_MIN(l - 1, len);
-        for (size_t k = k_max; k > hold; k--) {
-            if (memcmp(s + len - k, m->stops[i], k) == 0) {
-                hold = k;
-                break;
-            }
-        }
-    }
+    for (int32_t i = 0; i < m->n_stops; i++) hold = KILN_MAX(hold, m->state[i]);
+    KILN_ASSERT(hold <= len);
     size_t cut = utf8_safe_cut(s, len - hold);
     out->text = s;
     out->n_text = cut;
@@ -165,6 +182,7 @@ void kiln_stop_matcher_flush(kiln_stop_matcher *m, kiln_stop_out *out) {
     out->i_stop = m->i_matched;
     if (m->i_matched >= 0) return;
     drop_released(m);
+    for (int32_t i = 0; i < m->n_stops; i++) m->state[i] = 0; /* held text is gone */
     out->text = m->pending.len ? m->pending.data : NULL;
     out->n_text = m->pending.len;
     m->n_released = m->pending.len;

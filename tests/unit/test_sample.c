@@ -1165,11 +1165,15 @@ static void stop_init_errors(void) {
  * boundaries (split anywhere, even inside a character), against a brute-force search over the
  * whole text: the first stop to complete, i.e. the smallest end, then the longest. */
 static void stop_random_against_brute_force(void) {
-    static const char *alpha[] = {"a", "b", "\n", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+    static const char *alpha_all[] = {"a", "b", "\n", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+    /* odd iterations: a small alphabet and longer stops, for self-overlapping partial matches */
+    static const char *alpha_small[] = {"a", "b", "a", "b", "a", "\xc3\xa9"};
     kiln_rng g;
     kiln_rng_seed(&g, 31);
     int n_matched = 0;
     for (int iter = 0; iter < 3000; iter++) {
+        const char **alpha = iter % 2 ? alpha_small : alpha_all;
+        const int max_stop_chars = iter % 2 ? 6 : 3;
         char text[512];
         size_t n_text = 0;
         int n_chars = (int)(kiln_rng_u64(&g) % 40);
@@ -1178,12 +1182,12 @@ static void stop_random_against_brute_force(void) {
             memcpy(text + n_text, c, strlen(c));
             n_text += strlen(c);
         }
-        char stop_buf[4][32];
+        char stop_buf[4][64];
         const char *stops[4];
         int n_stops = (int)(kiln_rng_u64(&g) % 4);
         for (int k = 0; k < n_stops; k++) {
             size_t len = 0;
-            int nc = 1 + (int)(kiln_rng_u64(&g) % 3);
+            int nc = 1 + (int)(kiln_rng_u64(&g) % (uint64_t)max_stop_chars);
             for (int i = 0; i < nc; i++) {
                 const char *c = alpha[kiln_rng_u64(&g) % 6];
                 memcpy(stop_buf[k] + len, c, strlen(c));
@@ -1223,7 +1227,7 @@ static void stop_random_against_brute_force(void) {
             take_out(&st, &o);
             pos += piece;
             /* held back: at most the longest stop - 1 plus an incomplete character */
-            CHECK(kiln_stop_matcher_n_held(&m) <= 3 * 4 - 1 + 3);
+            CHECK(kiln_stop_matcher_n_held(&m) <= 6 * 4 - 1 + 3);
         }
         if (st.i_stop < 0) {
             kiln_stop_matcher_flush(&m, &o);
@@ -1238,6 +1242,48 @@ static void stop_random_against_brute_force(void) {
         kiln_stop_matcher_deinit(&m);
     }
     CHECK(n_matched > 300); /* the test exercised matches, not only pass-through */
+}
+
+/* Worst cases for a naive search: 64 stops of 1024 bytes that almost match at every offset, fed
+ * one byte at a time. The KMP automata keep this linear; the check is a generous time bound. */
+static void stop_adversarial_is_linear(void) {
+    enum { N = KILN_STOP_MAX_STRINGS, L = KILN_STOP_MAX_BYTES };
+    static char bufs[N][L + 1];
+    const char *stops[N];
+    for (int i = 0; i < N; i++) {
+        memset(bufs[i], 'a', L);
+        bufs[i][L - 1] = (char)('b' + i % 20); /* a^1023 followed by one other letter */
+        stops[i] = bufs[i];
+    }
+    kiln_stop_matcher m;
+    CHECK_EQ_INT(kiln_stop_matcher_init(&m, stops, NULL, N, false), KILN_OK);
+    double t0 = kiln_now_s();
+    size_t n_out = 0;
+    kiln_stop_out o;
+    for (int k = 0; k < 20000; k++) {
+        CHECK_EQ_INT(kiln_stop_matcher_feed(&m, "a", 1, &o), KILN_OK);
+        n_out += o.n_text;
+    }
+    CHECK_EQ_INT(kiln_stop_matcher_n_held(&m), L - 1); /* a^1023 may still become a stop */
+    CHECK_EQ_INT(n_out, 20000 - (L - 1));
+    CHECK_EQ_INT(kiln_stop_matcher_feed(&m, "c", 1, &o), KILN_OK); /* completes stop 1 */
+    CHECK_EQ_INT(o.i_stop, 1);
+    CHECK_EQ_INT(o.n_text, 0);
+    double dt = kiln_now_s() - t0;
+    CHECK_MSG(dt < 2.0, "20k bytes against 64 x 1 KiB stops took %.2f s", dt);
+    kiln_stop_matcher_deinit(&m);
+
+    /* feeding after a flush starts over cleanly */
+    const char *st1[] = {"xy"};
+    CHECK_EQ_INT(kiln_stop_matcher_init(&m, st1, NULL, 1, false), KILN_OK);
+    CHECK_EQ_INT(kiln_stop_matcher_feed(&m, "ax", 2, &o), KILN_OK);
+    CHECK_EQ_INT(o.n_text, 1);
+    kiln_stop_matcher_flush(&m, &o);
+    CHECK_EQ_INT(o.n_text, 1);
+    CHECK_EQ_INT(kiln_stop_matcher_feed(&m, "yz", 2, &o), KILN_OK);
+    CHECK_EQ_INT(o.i_stop, -1);
+    CHECK_EQ_INT(o.n_text, 2);
+    kiln_stop_matcher_deinit(&m);
 }
 
 int main(void) {
@@ -1262,5 +1308,6 @@ int main(void) {
     RUN(stop_utf8_holding);
     RUN(stop_init_errors);
     RUN(stop_random_against_brute_force);
+    RUN(stop_adversarial_is_linear);
     return TEST_REPORT("test_sample");
 }
