@@ -836,7 +836,7 @@ kiln_err bi_test(rstate *st, int line, const char *name, tval v, call_args *ca, 
     else if (!strcmp(name, "boolean")) *out = v.t == TV_BOOL;
     else if (!strcmp(name, "true")) *out = v.t == TV_BOOL && v.b;
     else if (!strcmp(name, "false")) *out = v.t == TV_BOOL && !v.b;
-    else if (!strcmp(name, "callable")) *out = v.t == TV_MACRO || v.t == TV_FUNC || v.t == TV_LOOP;
+    else if (!strcmp(name, "callable")) *out = v.t == TV_MACRO || v.t == TV_FUNC || v.t == TV_LOOP || v.t == TV_UNDEF;
     else if (!strcmp(name, "escaped")) *out = false;
     else if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         if (v.t != TV_STR) {

@@ -173,6 +173,99 @@ def contexts():
     return out
 
 
+# Small templates exercising one behaviour each (whitespace control, scoping, Python repr and
+# arithmetic, filters, tests, methods, errors), rendered with SNIPPET_CONTEXT.
+SNIPPET_CONTEXT = {
+    "s": "  Hello, World  ", "n": 7, "f": 2.5, "neg": -3, "b": True, "none": None,
+    "l": [3, 1, 2], "words": ["b", "A", "c"], "d": {"z": 1, "a": [1, 2], "m": {"k": "v"}},
+    "msgs": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "yo", "tool_calls": [{"name": "f"}]}],
+    "uni": "héllo wörld 日本 🙂", "big": 12345678901234, "tiny": 1e-07, "e16": 1e16,
+    "q": "it's \"quoted\"", "nl": "a\nb\r\nc",
+}
+SNIPPETS = [
+    "{{ s }}|{{ n }}|{{ f }}|{{ neg }}|{{ b }}|{{ none }}|{{ l }}|{{ d }}|{{ msgs[2] }}",
+    "{{ [1, 'a', None, True, 1.5, (1,), (1, 2), {'k': (1, 2)}] }}|{{ q }}|{{ [q] }}|{{ ['a\nb'] }}",
+    "{{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 % -3 }} {{ 2 ** 10 }} {{ 2 ** -1 }} {{ 10 / 5 }}",
+    "{{ 0.1 + 0.2 }} {{ 1e20 }} {{ e16 }} {{ tiny }} {{ 1.0 }} {{ 100.0 }} {{ 1/3 }} {{ big * 1000 }} {{ 3.0 * 2 }} {{ f // 1 }}",
+    "{{ 'ab' * 3 }}{{ 2 * 'x' }}{{ [1] * 2 }}{{ 'a' ~ 1 ~ none ~ b }}{{ 'a' + 'b' }}{{ [1] + [2] }}",
+    "{{ 1 < 2 < 3 }} {{ 1 < 3 < 2 }} {{ 'a' in 'cat' }} {{ 1 in l }} {{ 'z' in d }} {{ 'q' not in d }} {{ 1 == 1.0 }} {{ true == 1 }}",
+    "{{ n and 'x' }}|{{ 0 or 'y' }}|{{ none or [] }}|{{ not n }}|{{ 'yes' if b else 'no' }}|{{ 'yes' if none }}|",
+    "{% for x in l %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ x }};{% endfor %}",
+    "{% for x in l if x > 1 %}{{ loop.index }}:{{ x }} {% else %}empty{% endfor %}{% for x in [] %}x{% else %}empty{% endfor %}",
+    "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %}",
+    "{% for x in l %}{% if x == 1 %}{% continue %}{% endif %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% endfor %}",
+    "{% for m in msgs %}{{ loop.previtem.role if loop.previtem is defined else '-' }}>{{ loop.nextitem.role if loop.nextitem is defined else '-' }} {% endfor %}",
+    "{% for x in 'abc' %}{{ loop.cycle('o', 'e') }}{{ x }}{% endfor %}",
+    "{% set x = 1 %}{% for i in l %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}",
+    "{% set ns = namespace(c=0, items=[]) %}{% for i in l %}{% set ns.c = ns.c + i %}{% set ns.items = ns.items + [i] %}{% endfor %}{{ ns.c }}{{ ns.items }}",
+    "{% set a, b = 1, 2 %}{{ a }}{{ b }}{% set t = (1, 2) %}{{ t }}{% set c = [a, b] %}{{ c }}",
+    "{% set blk %}  inner {{ n }}  {% endset %}[{{ blk }}]{% set up | upper %}shout{% endset %}{{ up }}",
+    "{% macro m(a, b=2, c='x') %}{{ a }}-{{ b }}-{{ c }}{% endmacro %}{{ m(1) }} {{ m(1, 3) }} {{ m(1, c='z') }} {{ m(a=5) }}",
+    "{% macro m(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, 3, k=4) }}",
+    "{% macro outer() %}<{{ caller() }}>{% endmacro %}{% call outer() %}body {{ n }}{% endcall %}",
+    "{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(5) }}",
+    "{% filter upper %}abc {{ s }}{% endfilter %}",
+    "a\n  {% if true %}\n    x\n  {% endif %}\nb\n{# comment #}\nc {{- ' d ' -}} e\n  {%- if true %} f {% endif -%}\n g",
+    "  {% if true %}yes{% endif %}\n\n  {%+ if true %}keep{% endif %}\n  {% if true +%}\nnotrim{% endif %}\n{% raw %}{{ not parsed }}{% endraw %}",
+    "{{ s | trim }}|{{ s | upper }}|{{ s | lower }}|{{ s | length }}|{{ uni | length }}|{{ uni | upper }}|{{ 'hello world' | title }}|{{ 'hELLO' | capitalize }}",
+    "{{ l | sort }}|{{ l | sort(reverse=true) }}|{{ words | sort }}|{{ words | sort(case_sensitive=true) }}|{{ l | max }}|{{ l | min }}|{{ l | sum }}|{{ l | first }}|{{ l | last }}",
+    "{{ d | dictsort }}|{{ d | items | list }}|{{ d | list }}|{{ l | join(',') }}|{{ words | join }}|{{ l | reverse | list }}|{{ [1, 1, 2, 1] | unique | list }}",
+    "{{ msgs | selectattr('role', 'equalto', 'user') | list }}|{{ msgs | rejectattr('role', 'in', ['user', 'system']) | map(attribute='content') | list }}|{{ msgs | map(attribute='role') | join('/') }}",
+    "{{ l | select('odd') | list }}{{ l | reject('odd') | list }}{{ [0, 1, '', 'a', none] | select | list }}{{ msgs | selectattr('tool_calls') | list | length }}",
+    "{{ d | tojson }}|{{ msgs | tojson(indent=2) }}|{{ uni | tojson }}|{{ q | tojson }}|{{ nl | tojson }}|{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}|{{ [1.5, none, true] | tojson }}",
+    "{{ d | tojson(separators=(',', ':')) }}|{{ 'x' | tojson(ensure_ascii=true) }}|{{ uni | tojson(ensure_ascii=true) }}",
+    "{{ '3' | int + 1 }}|{{ '3.7' | int }}|{{ 'x' | int }}|{{ 'x' | int(5) }}|{{ 3.9 | int }}|{{ '2.5' | float }}|{{ n | float }}|{{ -2.5 | abs }}|{{ 2.567 | round(2) }}|{{ 2.5 | round }}|{{ 3.5 | round }}",
+    "{{ undefined_var | default('dflt') }}|{{ none | default('dflt') }}|{{ '' | default('dflt', true) }}|{{ undefined_var }}|{{ undefined_var | length }}|{{ n | string ~ '!' }}",
+    "{{ 'line1\nline2\n\nline4' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|{{ 'a\n\nb' | indent(width='> ', blank=true) }}",
+    "{{ 'a,b,,c'.split(',') }}{{ '  a  b '.split() }}{{ 'a b c'.split(' ', 1) }}{{ 'a,b,c'.rsplit(',', 1) }}{{ s.strip() }}{{ 'xxaxx'.strip('x') }}{{ s.lstrip() }}|{{ s.rstrip() }}|",
+    "{{ 'abc'.startswith('a') }}{{ 'abc'.endswith(('x', 'c')) }}{{ 'aXa'.replace('a', 'b') }}{{ 'abcabc'.find('c') }}{{ 'abc'.upper() }}{{ 'a-b'.title() }}{{ '12'.isdigit() }}{{ 'abcabc'.count('b') }}",
+    "{{ uni[0] }}{{ uni[-1] }}{{ uni[1:4] }}{{ uni[::-1] }}{{ l[1:] }}{{ l[:-1] }}{{ l[::2] }}{{ l[-1] }}{{ 'abc'[5:] }}|{{ l[10] }}|",
+    "{{ d.get('z') }}{{ d.get('nope') }}{{ d.get('nope', 'dv') }}{{ d.keys() | list }}{{ d.values() | list }}{{ d['m']['k'] }}{{ d.m.k }}{{ msgs[0].role }}{{ d.nope }}|",
+    "{{ n is defined }}{{ nope is defined }}{{ nope is undefined }}{{ none is none }}{{ s is string }}{{ d is mapping }}{{ l is iterable }}{{ l is sequence }}{{ n is number }}{{ n is integer }}{{ f is float }}{{ b is boolean }}",
+    "{{ n is odd }}{{ n is even }}{{ 9 is divisibleby 3 }}{{ b is true }}{{ b is false }}{{ 'abc' is lower }}{{ 'ABC' is upper }}{{ n is eq 7 }}{{ n is gt 3 }}{{ n is in l }}{{ m is callable }}",
+    "{{ range(3) | list }}{{ range(1, 7, 2) | list }}{{ range(5, 0, -2) | list }}{% for i in range(3) %}{{ i }}{% endfor %}",
+    "{{ strftime_now('%Y-%m-%d %H:%M %A %b') }}",
+    "{{ '%s and %d' % ('x', 3) }}|{{ '%05.1f' % f }}|{{ '{} {}'.format('a', 1) }}|{{ '%s' | format(l) }}",
+    "{{ 'a' ~ ('b' | safe) }}|{{ ('<b>' | safe) + '<i>' }}|{{ '<&>' | e }}|{{ ('x' | safe) + 1 if false else 'ok' }}",
+    "{{ raise_exception('Custom error: ' ~ n) }}",
+    "{% if msgs[0].role != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}",
+    "{{ nope.attr }}",
+    "{{ d.nope.deeper }}",
+    "{{ l[10].x }}",
+    "{{ 1 + 'a' }}",
+    "{{ 'a' + 1 }}",
+    "{{ 1 / 0 }}",
+    "{{ l.append(4) }}",
+    "{{ d.update({}) }}",
+    "{{ none | length }}",
+    "{{ 'a' < 1 }}",
+    "{{ nope + 1 }}",
+    "{% for x in none %}{% endfor %}",
+    "{% for x in 5 %}{% endfor %}",
+    "{{ l | selectattr('x') | length }}",
+    "{{ l | map('upper') | tojson }}",
+    "{% if x %}{{ x | no_such_filter }}{% endif %}ok",
+    "{{ x | no_such_filter }}",
+    "{{ x is no_such_test }}",
+    "{% for %}",
+    "{% if true %}",
+    "{% endif %}",
+    "{{ 1 + }}",
+    "{% set x = [1, 2 %}",
+    "{{ 'unterminated }}",
+    "{% frobnicate %}",
+    "{{ (1, 2) | tojson }}{{ {'a': (1, 2)} | tojson }}{{ d.items() | list | tojson }}",
+    "{{ messages is defined }}{{ msgs | length > 2 }}{{ (msgs | last).content }}{{ msgs[-1]['content'] | trim }}",
+    "{% set x = {'a': 1, 'b': none} %}{{ x }}{{ x | tojson }}{{ x.a }}{% for k, v in x | dictsort %}{{ k }}{{ v }}{% endfor %}",
+    "{% with a = 1, b = 2 %}{{ a + b }}{% endwith %}{{ a }}",
+    "{%- for m in msgs -%}\n  {{- m.role -}}\n  {%- if not loop.last %}, {% endif -%}\n{%- endfor %}\n",
+    "{{ '%-5s|' % 'ab' }}{{ 'ab' | center(6) }}|{{ 'one two  three' | wordcount }}{{ [[1, 2], [3]] | map('length') | list }}{{ [1, 2, 3, 4, 5] | batch(2) | list }}",
+    "{% for a, b in [[1, 2], [3, 4]] %}{{ a * b }}{% endfor %}{% for a, b in d.items() if a != 'm' %}{{ a }}{% endfor %}",
+    "{% for item in [1, [2, [3]]] recursive %}{% if item is iterable %}[{{ loop(item) }}]{% else %}{{ item }}@{{ loop.depth }}{% endif %}{% endfor %}",
+]
+
+
 def error_message(e):
     msg = getattr(e, "message", None)
     if msg is None:
@@ -188,6 +281,21 @@ def main():
     for name, ctx in ctxs.items():
         with open(os.path.join(out, "contexts", name + ".json"), "w", encoding="utf-8") as f:
             json.dump(ctx, f, ensure_ascii=False, indent=1)
+    sdir, sexp = os.path.join(out, "snippets"), os.path.join(out, "expected_snippets")
+    os.makedirs(sdir, exist_ok=True)
+    os.makedirs(sexp, exist_ok=True)
+    with open(os.path.join(out, "contexts", "snippet.json"), "w", encoding="utf-8") as f:
+        json.dump(SNIPPET_CONTEXT, f, ensure_ascii=False)
+    for i, src in enumerate(SNIPPETS):
+        name = "s%03d" % i
+        with open(os.path.join(sdir, name + ".jinja"), "w", encoding="utf-8", newline="") as f:
+            f.write(src)
+        try:
+            text, ext = env.from_string(src).render(**SNIPPET_CONTEXT), ".out"
+        except Exception as e:
+            text, ext = error_message(e), ".err"
+        with open(os.path.join(sexp, name + ext), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
     for fname in sorted(os.listdir(tdir)):
         if not fname.endswith(".jinja"):
             continue

@@ -33,52 +33,67 @@ fi
 pass=0
 fail=0
 xfail=0
+# check NAME KIND(out|err) EXPECTED TEMPLATE CONTEXT: one comparison; bumps ok
+check() {
+    local name=$1 exp=$2 tpl=$3 ctx=$4
+    "$bin" template render --template "$tpl" --context "$ctx" >"$tmp/got.out" 2>"$tmp/got.err"
+    local rc=$? good=0
+    if [[ $exp == *.out ]]; then
+        [ $rc -eq 0 ] && cmp -s "$exp" "$tmp/got.out" && good=1
+    else
+        # kiln prints "kiln template: <kind>: [line N: ]<message>"
+        sed -E '1s/^kiln template: [a-z_]+: (line [0-9]+: )?//' "$tmp/got.err" >"$tmp/got.msg"
+        printf '%s\n' "$(cat "$exp")" >"$tmp/exp.msg"
+        [ $rc -ne 0 ] && cmp -s "$tmp/exp.msg" "$tmp/got.msg" && good=1
+    fi
+    if [ $good -eq 1 ]; then
+        ok=$((ok + 1))
+        if [ -n "${known[$name]+x}" ]; then
+            echo "  note: $name passes but is listed in template_known_failures.txt"
+        fi
+    elif [ -n "${known[$name]+x}" ]; then
+        echo "  expected failure: $name (${known[$name]})"
+        xfail=$((xfail + 1))
+    else
+        fail=$((fail + 1))
+        echo "  FAIL $name"
+        if [[ $exp == *.out ]]; then
+            if [ $rc -ne 0 ]; then
+                echo "    kiln failed: $(head -c 300 "$tmp/got.err")"
+            else
+                diff <(cat "$exp") <(cat "$tmp/got.out") | head -n 8 | sed 's/^/    /'
+            fi
+        else
+            echo "    jinja2 raised: $(head -c 300 "$exp")"
+            echo "    kiln:          $(head -c 300 "$tmp/got.err") (exit $rc)"
+        fi
+    fi
+}
+
 for tdir in "$tmp"/expected/*/; do
     t=$(basename "$tdir")
-    tp=0
+    ok=0
     tn=0
     for exp in "$tdir"*; do
         c=$(basename "$exp")
         c=${c%.*}
         tn=$((tn + 1))
-        "$bin" template render --template "$data/templates/$t.jinja" \
-            --context "$tmp/contexts/$c.json" >"$tmp/got.out" 2>"$tmp/got.err"
-        rc=$?
-        ok=0
-        if [[ $exp == *.out ]]; then
-            [ $rc -eq 0 ] && cmp -s "$exp" "$tmp/got.out" && ok=1
-        else
-            # kiln prints "kiln template: <kind>: [line N: ]<message>"
-            sed -E '1s/^kiln template: [a-z_]+: (line [0-9]+: )?//' "$tmp/got.err" >"$tmp/got.msg"
-            printf '%s\n' "$(cat "$exp")" >"$tmp/exp.msg"
-            [ $rc -ne 0 ] && cmp -s "$tmp/exp.msg" "$tmp/got.msg" && ok=1
-        fi
-        if [ $ok -eq 1 ]; then
-            tp=$((tp + 1))
-            if [ -n "${known[$t/$c]+x}" ]; then
-                echo "  note: $t / $c passes but is listed in template_known_failures.txt"
-            fi
-        elif [ -n "${known[$t/$c]+x}" ]; then
-            echo "  expected failure: $t / $c (${known[$t/$c]})"
-            xfail=$((xfail + 1))
-        else
-            fail=$((fail + 1))
-            echo "  FAIL $t / $c"
-            if [[ $exp == *.out ]]; then
-                if [ $rc -ne 0 ]; then
-                    echo "    kiln failed: $(head -c 300 "$tmp/got.err")"
-                else
-                    diff <(cat "$exp") <(cat "$tmp/got.out") | head -n 8 | sed 's/^/    /'
-                fi
-            else
-                echo "    jinja2 raised: $(head -c 300 "$exp")"
-                echo "    kiln:          $(head -c 300 "$tmp/got.err") (exit $rc)"
-            fi
-        fi
+        check "$t/$c" "$exp" "$data/templates/$t.jinja" "$tmp/contexts/$c.json"
     done
-    pass=$((pass + tp))
-    printf '%-52s %3d/%d\n' "$t" "$tp" "$tn"
+    pass=$((pass + ok))
+    printf '%-52s %3d/%d\n' "$t" "$ok" "$tn"
 done
+# behaviour snippets (tests/ref/template_ref.py SNIPPETS) on one context
+ok=0
+tn=0
+for exp in "$tmp"/expected_snippets/*; do
+    c=$(basename "$exp")
+    c=${c%.*}
+    tn=$((tn + 1))
+    check "snippet/$c" "$exp" "$tmp/snippets/$c.jinja" "$tmp/contexts/snippet.json"
+done
+pass=$((pass + ok))
+printf '%-52s %3d/%d\n' "snippets" "$ok" "$tn"
 echo "expected failures: $xfail"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
