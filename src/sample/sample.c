@@ -373,8 +373,9 @@ static kiln_err adjust(kiln_sampler *s, float *logits, bool consume_masks, int32
             i_max = i;
         }
     }
-    if (i_max < 0 || !isfinite(mx))
-        return kiln_errf(KILN_ERR_INVALID, "sampler: no token has a finite logit");
+    if (i_max < 0) return kiln_errf(KILN_ERR_INVALID, "sampler: no token has a finite logit");
+    if (!isfinite(mx))
+        return kiln_errf(KILN_ERR_INVALID, "sampler: logit of token %d is +inf", (int)i_max);
     *i_max_out = i_max;
     *max_out = mx;
     return KILN_OK;

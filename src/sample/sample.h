@@ -97,7 +97,8 @@ typedef struct kiln_sample_result {
  * raw logprobs -> logit bias -> repetition, frequency, presence penalties -> masks -> greedy if
  * temperature == 0 -> temperature -> min-p -> top-k -> top-p -> draw from the softmax.
  * NaN logits count as -inf. Records the chosen token in the history and clears the masks.
- * KILN_ERR_INVALID when no token has a finite logit after masking; KILN_ERR_NOMEM (history growth). */
+ * KILN_ERR_INVALID when no token has a finite logit after masking or one is +inf (a broken model);
+ * KILN_ERR_NOMEM (history growth). */
 kiln_err kiln_sampler_sample(kiln_sampler *s, float *logits, kiln_sample_result *out);
 
 /* The distribution kiln_sampler_sample would draw from for these logits (after bias, penalties,

@@ -767,6 +767,9 @@ static void mask_one_call_only(void) {
     CHECK_EQ_INT(kiln_sampler_sample(s, buf, &r), KILN_ERR_INVALID);
     float nan_all[V] = {NAN, NAN, -INFINITY, NAN};
     CHECK_EQ_INT(kiln_sampler_sample(s, nan_all, &r), KILN_ERR_INVALID);
+    float pos_inf[V] = {0.0f, INFINITY, 1.0f, 2.0f};
+    CHECK_EQ_INT(kiln_sampler_sample(s, pos_inf, &r), KILN_ERR_INVALID);
+    CHECK(strstr(kiln_errmsg(), "+inf") != NULL);
     kiln_sampler_free(s);
 }
 
