@@ -22,7 +22,9 @@ typedef struct kiln_sampler_params {
     float temperature;                /* [0, 2]; 0 = greedy (argmax, ties -> lowest id); values in
                                          (0, 0.01) act as 0.01 (vLLM); default 1 */
     float top_p;                      /* (0, 1]; 1 = off */
-    int32_t top_k;                    /* 0 or -1 = off; > n_vocab acts as off */
+    int32_t top_k;                    /* 0 or -1 = off; >= n_vocab acts as off. Keeps exactly k
+                                         tokens, lower ids first among ties at the k-th logit
+                                         (vLLM keeps all ties), so top_k 1 is greedy */
     float min_p;                      /* [0, 1]; 0 = off */
     float presence_penalty;           /* [-2, 2]; over generated tokens */
     float frequency_penalty;          /* [-2, 2]; over generated tokens */
