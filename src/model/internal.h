@@ -84,6 +84,7 @@ static inline float *kiln_kv_v(const kiln_kv *kv, int32_t b, int32_t l) {
     return kiln_kv_k(kv, b, l) + (size_t)kv->block_size * (size_t)kv->n_kv_dim;
 }
 
+/* Frees every scratch buffer and zeroes *s (cap_rows 0); safe on a zeroed or partial scratch. */
 void kiln_scratch_free(kiln_scratch *s);
 
 #endif
