@@ -60,7 +60,9 @@ int kiln_cmd_template(int argc, char **argv) {
     size_t len = 0;
     kiln_err err = tpl_path ? kiln_read_file(tpl_path, &src, &len) : load_gguf_template(model_path, &src, &len);
     if (err) {
-        fprintf(stderr, "kiln template: %s: %s\n", tpl_path ? tpl_path : model_path, kiln_errmsg());
+        const char *path = tpl_path ? tpl_path : model_path;
+        if (strstr(kiln_errmsg(), path)) fprintf(stderr, "kiln template: %s\n", kiln_errmsg());
+        else fprintf(stderr, "kiln template: %s: %s\n", path, kiln_errmsg());
         return 1;
     }
     json_error_t jerr;

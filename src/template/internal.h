@@ -115,6 +115,8 @@ typedef struct sbuf {
     size_t n, cap;
     size_t max;
     bool failed;   /* an append failed (sticky) */
+    bool over;     /* ... because it would pass `max` */
+    bool too_deep; /* ... because a value was nested too deeply to print */
 } sbuf;
 void sb_init(sbuf *b, arena *a, size_t max);
 bool sb_add(sbuf *b, const char *p, size_t n);

@@ -110,14 +110,13 @@ static int hexval(char c) {
 }
 
 /* Decodes a string literal body the way Python's unicode-escape codec does. */
-static bool unescape(arena *a, const char *p, size_t n, tval *out) {
+static kiln_err unescape(arena *a, const char *p, size_t n, tval *out) {
     sbuf b;
     sb_init(&b, a, 0);
-    if (!sb_add(&b, "", 0)) return false;
     for (size_t i = 0; i < n; i++) {
         char c = p[i];
         if (c != '\\' || i + 1 >= n) {
-            if (!sb_addc(&b, c)) return false;
+            if (!sb_addc(&b, c)) return KILN_ERR_NOMEM;
             continue;
         }
         char e = p[++i];
@@ -141,7 +140,7 @@ static bool unescape(arena *a, const char *p, size_t n, tval *out) {
             int k;
             for (k = 0; k < nd && i + 1 + k < n && hexval(p[i + 1 + k]) >= 0; k++)
                 cp = cp * 16 + (uint32_t)hexval(p[i + 1 + k]);
-            if (k < nd || cp > 0x10ffff) return false;
+            if (k < nd || cp > 0x10ffff) return KILN_ERR_FORMAT;
             i += (size_t)nd;
             put_utf8(&b, cp);
             break;
@@ -158,9 +157,9 @@ static bool unescape(arena *a, const char *p, size_t n, tval *out) {
             }
         }
     }
-    if (b.failed) return false;
+    if (b.failed) return KILN_ERR_NOMEM;
     *out = sb_val(&b);
-    return true;
+    return KILN_OK;
 }
 
 static const char *const ops2[] = {"//", "**", "==", "!=", ">=", "<="};
@@ -207,8 +206,9 @@ static kiln_err lex_tag(lexer *lx, bool is_block, bool *strip_after, bool *trim_
             }
             if (j >= lx->n) return syntax(lx->line, "unexpected char %s at %zu", c == '"' ? "'\"'" : "\"'\"", i);
             tval v;
-            if (!unescape(lx->a, s + i + 1, j - i - 1, &v))
-                return syntax(lx->line, "invalid escape in string literal");
+            if ((err = unescape(lx->a, s + i + 1, j - i - 1, &v)))
+                return err == KILN_ERR_NOMEM ? kiln_errf(err, "out of memory parsing template")
+                                             : syntax(lx->line, "invalid escape in string literal");
             if ((err = emit(lx, TK_STRING, s + i, j + 1 - i, lx->line, v))) return err;
             lx->line += count_nl(s + i, j + 1 - i);
             lx->pos = j + 1;

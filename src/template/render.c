@@ -38,7 +38,7 @@ void kiln_template_limits_default(kiln_template_limits *lim) {
     lim->max_output_bytes = 8u << 20;
     lim->max_memory_bytes = 256u << 20;
     lim->max_iterations = 2000000;
-    lim->max_depth = 200;
+    lim->max_depth = 500;
 }
 
 kiln_err rt_error(rstate *st, int line, kiln_err code, const char *fmt, ...) {
@@ -58,7 +58,8 @@ kiln_err rt_nomem(rstate *st, int line) {
 }
 
 kiln_err rt_sb_fail(rstate *st, sbuf *b, int line) {
-    if (!st->a.hit_limit && b->max && b->n + 1024 >= b->max)
+    if (b->too_deep) return rt_error(st, line, KILN_ERR_LIMIT, "value nested too deeply to print");
+    if (!st->a.hit_limit && b->over)
         return rt_error(st, line, KILN_ERR_LIMIT, "template output exceeds the limit of %zu bytes", b->max);
     return rt_nomem(st, line);
 }
@@ -771,7 +772,17 @@ static kiln_err apply_filter(rstate *st, scope *sc, const node *f, tval *out) {
     return bi_filter(st, f->line, f->name, v, &ca, out);
 }
 
+static kiln_err eval_node(rstate *st, scope *sc, const node *n, tval *out);
+
 static kiln_err eval(rstate *st, scope *sc, const node *n, tval *out) {
+    if (++st->depth > st->lim.max_depth)
+        return rt_error(st, n->line, KILN_ERR_LIMIT, "maximum recursion depth (%d) exceeded", st->lim.max_depth);
+    kiln_err err = eval_node(st, sc, n, out);
+    st->depth--;
+    return err;
+}
+
+static kiln_err eval_node(rstate *st, scope *sc, const node *n, tval *out) {
     kiln_err err;
     tval a, b;
     switch ((node_kind)n->kind) {

@@ -21,7 +21,7 @@ typedef struct kiln_template_limits {
     int max_depth;              /* nesting of macro calls / recursive loops / expressions */
 } kiln_template_limits;
 
-/* Defaults: 8 MiB output, 256 MiB memory, 2M iterations, depth 200. */
+/* Defaults: 8 MiB output, 256 MiB memory, 2M iterations, depth 500. */
 void kiln_template_limits_default(kiln_template_limits *lim);
 
 /* Parses `len` bytes of Jinja source into *out (free with kiln_template_free).

@@ -78,14 +78,14 @@ void sb_init(sbuf *b, arena *a, size_t max) {
     b->p = NULL;
     b->n = b->cap = 0;
     b->max = max;
-    b->failed = false;
+    b->failed = b->over = b->too_deep = false;
 }
 
 static bool sb_grow(sbuf *b, size_t extra) {
     size_t need;
     if (b->failed) return false;
     if (!kiln_add_size(b->n, extra, &need) || (b->max && need > b->max)) {
-        b->failed = true;
+        b->failed = b->over = true;
         return false;
     }
     if (need <= b->cap) return true;
@@ -238,13 +238,15 @@ static double num_f(tval v) {
     return v.t == TV_FLOAT ? v.f : v.t == TV_INT ? (double)v.i : (double)v.b;
 }
 
-bool tv_equal(tval a, tval b) {
+#define MAX_VALUE_DEPTH 256
+
+static bool equal_d(tval a, tval b, int depth) {
     if (is_num(a) && is_num(b)) {
         if (a.t == TV_FLOAT || b.t == TV_FLOAT) return num_f(a) == num_f(b);
         int64_t x = a.t == TV_INT ? a.i : a.b, y = b.t == TV_INT ? b.i : b.b;
         return x == y;
     }
-    if (a.t != b.t) return false;
+    if (a.t != b.t || depth > MAX_VALUE_DEPTH) return false;
     switch (a.t) {
     case TV_UNDEF:
     case TV_NONE: return true;
@@ -253,13 +255,13 @@ bool tv_equal(tval a, tval b) {
         if (a.l->iter_type || b.l->iter_type) return a.l == b.l;
         if (a.l->tuple != b.l->tuple || a.l->n != b.l->n) return false;
         for (size_t i = 0; i < a.l->n; i++)
-            if (!tv_equal(a.l->items[i], b.l->items[i])) return false;
+            if (!equal_d(a.l->items[i], b.l->items[i], depth + 1)) return false;
         return true;
     case TV_DICT:
         if (a.d->n != b.d->n) return false;
         for (size_t i = 0; i < a.d->n; i++) {
             tval *o = td_get(b.d, a.d->keys[i]);
-            if (!o || !tv_equal(a.d->vals[i], *o)) return false;
+            if (!o || !equal_d(a.d->vals[i], *o, depth + 1)) return false;
         }
         return true;
     case TV_NS: return a.d == b.d;
@@ -270,8 +272,11 @@ bool tv_equal(tval a, tval b) {
     }
 }
 
-int tv_compare(tval a, tval b, bool *ok) {
-    *ok = true;
+bool tv_equal(tval a, tval b) { return equal_d(a, b, 0); }
+
+static int compare_d(tval a, tval b, bool *ok, int depth) {
+    *ok = depth <= MAX_VALUE_DEPTH;
+    if (!*ok) return 0;
     if (is_num(a) && is_num(b)) {
         if (a.t == TV_FLOAT || b.t == TV_FLOAT) {
             double x = num_f(a), y = num_f(b);
@@ -289,14 +294,16 @@ int tv_compare(tval a, tval b, bool *ok) {
     if (a.t == TV_LIST && b.t == TV_LIST && a.l->tuple == b.l->tuple) {
         size_t n = KILN_MIN(a.l->n, b.l->n);
         for (size_t i = 0; i < n; i++) {
-            if (tv_equal(a.l->items[i], b.l->items[i])) continue;
-            return tv_compare(a.l->items[i], b.l->items[i], ok);
+            if (equal_d(a.l->items[i], b.l->items[i], depth + 1)) continue;
+            return compare_d(a.l->items[i], b.l->items[i], ok, depth + 1);
         }
         return a.l->n < b.l->n ? -1 : a.l->n > b.l->n ? 1 : 0;
     }
     *ok = false;
     return 0;
 }
+
+int tv_compare(tval a, tval b, bool *ok) { return compare_d(a, b, ok, 0); }
 
 const char *tv_type_name(tval v) {
     switch (v.t) {
@@ -415,8 +422,16 @@ static bool str_repr(sbuf *b, const char *p, size_t n) {
     return sb_addc(b, q);
 }
 
-bool tv_to_str(sbuf *b, tval v, bool is_repr) {
+static bool to_str_d(sbuf *b, tval v, bool is_repr, int depth);
+
+bool tv_to_str(sbuf *b, tval v, bool is_repr) { return to_str_d(b, v, is_repr, 0); }
+
+static bool to_str_d(sbuf *b, tval v, bool is_repr, int depth) {
     char tmp[64];
+    if (depth > MAX_VALUE_DEPTH) {
+        b->failed = b->too_deep = true;
+        return false;
+    }
     switch (v.t) {
     case TV_UNDEF: return true;
     case TV_NONE: return sb_adds(b, "None");
@@ -435,7 +450,7 @@ bool tv_to_str(sbuf *b, tval v, bool is_repr) {
         if (!sb_addc(b, v.l->tuple ? '(' : '[')) return false;
         for (size_t i = 0; i < v.l->n; i++) {
             if (i && !sb_add(b, ", ", 2)) return false;
-            if (!tv_to_str(b, v.l->items[i], true)) return false;
+            if (!to_str_d(b, v.l->items[i], true, depth + 1)) return false;
         }
         if (v.l->tuple && v.l->n == 1 && !sb_addc(b, ',')) return false;
         if (!sb_addc(b, v.l->tuple ? ')' : ']')) return false;
@@ -445,8 +460,8 @@ bool tv_to_str(sbuf *b, tval v, bool is_repr) {
         if (!sb_addc(b, '{')) return false;
         for (size_t i = 0; i < v.d->n; i++) {
             if (i && !sb_add(b, ", ", 2)) return false;
-            if (!tv_to_str(b, v.d->keys[i], true) || !sb_add(b, ": ", 2) ||
-                !tv_to_str(b, v.d->vals[i], true))
+            if (!to_str_d(b, v.d->keys[i], true, depth + 1) || !sb_add(b, ": ", 2) ||
+                !to_str_d(b, v.d->vals[i], true, depth + 1))
                 return false;
         }
         return sb_addc(b, '}');
@@ -455,8 +470,8 @@ bool tv_to_str(sbuf *b, tval v, bool is_repr) {
         if (!sb_adds(b, "<Namespace {")) return false;
         for (size_t i = 0; i < v.d->n; i++) {
             if (i && !sb_add(b, ", ", 2)) return false;
-            if (!tv_to_str(b, v.d->keys[i], true) || !sb_add(b, ": ", 2) ||
-                !tv_to_str(b, v.d->vals[i], true))
+            if (!to_str_d(b, v.d->keys[i], true, depth + 1) || !sb_add(b, ": ", 2) ||
+                !to_str_d(b, v.d->vals[i], true, depth + 1))
                 return false;
         }
         return sb_adds(b, "}>");
@@ -542,8 +557,8 @@ static int cmp_keys(const void *x, const void *y) {
 
 static bool json_val(sbuf *b, tval v, const json_opts *o, int level) {
     char tmp[64];
-    if (level > 500) {
-        *o->err_type = "maximum recursion depth exceeded";
+    if (level > MAX_VALUE_DEPTH) {
+        *o->err_type = "maximum recursion depth exceeded while encoding a JSON object";
         return false;
     }
     switch (v.t) {
