@@ -13,7 +13,12 @@ typedef enum kiln_wtype {
     KILN_WTYPE_F32 = 0,
     KILN_WTYPE_F16 = 1,
     KILN_WTYPE_Q4_0 = 2,
+    KILN_WTYPE_Q4_1 = 3,
+    KILN_WTYPE_Q5_0 = 6,
     KILN_WTYPE_Q8_0 = 8,
+    KILN_WTYPE_Q4_K = 12,
+    KILN_WTYPE_Q5_K = 13,
+    KILN_WTYPE_Q6_K = 14,
     KILN_WTYPE_BF16 = 30,
 } kiln_wtype;
 
@@ -33,6 +38,64 @@ typedef struct kiln_block_q4_0 {
     uint8_t qs[KILN_QK4_0 / 2];   /* nibbles */
 } kiln_block_q4_0;
 _Static_assert(sizeof(kiln_block_q4_0) == 18, "Q4_0 block is 18 bytes");
+
+/* Q4_1: 32 elements, nibbles as Q4_0; value = q * d + m. */
+#define KILN_QK4_1 32
+typedef struct kiln_block_q4_1 {
+    uint16_t d;                   /* f16 scale */
+    uint16_t m;                   /* f16 offset (the block minimum) */
+    uint8_t qs[KILN_QK4_1 / 2];   /* nibbles */
+} kiln_block_q4_1;
+_Static_assert(sizeof(kiln_block_q4_1) == 20, "Q4_1 block is 20 bytes");
+
+/* Q5_0: 32 elements; low 4 bits as Q4_0, bit 4 of element j is bit j of the little-endian u32 qh;
+ * value = (q - 16) * d. */
+#define KILN_QK5_0 32
+typedef struct kiln_block_q5_0 {
+    uint16_t d;                   /* f16 scale */
+    uint8_t qh[4];                /* fifth bits, little-endian u32 */
+    uint8_t qs[KILN_QK5_0 / 2];   /* low nibbles */
+} kiln_block_q5_0;
+_Static_assert(sizeof(kiln_block_q5_0) == 22, "Q5_0 block is 22 bytes");
+
+/* K-quants (kquants.c): super-blocks of 256 elements. */
+#define KILN_QK_K 256
+
+/* Q4_K: 8 sub-blocks of 32. scales packs 8 six-bit scales sc[j] and mins m[j]: for j < 4,
+ * sc = scales[j] & 63, m = scales[j + 4] & 63; for j >= 4, sc = (scales[j + 4] & 15) |
+ * (scales[j - 4] >> 6) << 4, m = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4. qs byte 32c + l
+ * holds element l of sub-block 2c (low nibble) and of sub-block 2c + 1 (high nibble).
+ * value = d * sc[j] * q - dmin * m[j]. */
+typedef struct kiln_block_q4_k {
+    uint16_t d;                   /* f16 super-block scale of the scales */
+    uint16_t dmin;                /* f16 super-block scale of the mins */
+    uint8_t scales[12];           /* 6-bit scales and mins, packed as above */
+    uint8_t qs[KILN_QK_K / 2];    /* nibbles */
+} kiln_block_q4_k;
+_Static_assert(sizeof(kiln_block_q4_k) == 144, "Q4_K block is 144 bytes");
+
+/* Q5_K: Q4_K plus a fifth bit: bit 2c of qh[l] for element l of sub-block 2c, bit 2c + 1 for
+ * sub-block 2c + 1 (q in 0..31). value = d * sc[j] * q - dmin * m[j]. */
+typedef struct kiln_block_q5_k {
+    uint16_t d;                   /* f16 super-block scale of the scales */
+    uint16_t dmin;                /* f16 super-block scale of the mins */
+    uint8_t scales[12];           /* 6-bit scales and mins, packed as Q4_K */
+    uint8_t qh[KILN_QK_K / 8];    /* fifth bits */
+    uint8_t qs[KILN_QK_K / 2];    /* low nibbles */
+} kiln_block_q5_k;
+_Static_assert(sizeof(kiln_block_q5_k) == 176, "Q5_K block is 176 bytes");
+
+/* Q6_K: 16 sub-blocks of 16 with int8 scales. Each half h (128 elements) uses ql[64h..64h+63],
+ * qh[32h..32h+31]; for l < 32, element 128h + 32k + l (k = 0..3) has low bits from ql[64h + l]
+ * (k = 0: low nibble, k = 2: high nibble) or ql[64h + 32 + l] (k = 1 low, k = 3 high) and high
+ * bits (qh[32h + l] >> 2k) & 3. value = d * scales[e / 16] * (q - 32). */
+typedef struct kiln_block_q6_k {
+    uint8_t ql[KILN_QK_K / 2];    /* low 4 bits */
+    uint8_t qh[KILN_QK_K / 4];    /* high 2 bits */
+    int8_t scales[KILN_QK_K / 16];/* sub-block scales */
+    uint16_t d;                   /* f16 super-block scale */
+} kiln_block_q6_k;
+_Static_assert(sizeof(kiln_block_q6_k) == 210, "Q6_K block is 210 bytes");
 
 /* True when t is a weight type the kernels handle; *block_elems / *block_bytes describe it. */
 bool kiln_wtype_block(kiln_wtype t, size_t *block_elems, size_t *block_bytes);
@@ -76,6 +139,15 @@ extern const kiln_kernels kiln_kernels_ref;
 const kiln_kernels *kiln_kernels_get(void);
 /* A table by name, NULL if not built in or not supported by this CPU (for tests). */
 const kiln_kernels *kiln_kernels_find(const char *name);
+
+/* kquants.c: Q4_1, Q5_0, Q4_K, Q5_K, Q6_K. kiln_kquant_handles(t) is true for exactly these;
+ * kiln_kquant_dequant_row is their scalar dequantization (the spec; ref.c's dequant_row calls it);
+ * kiln_kquant_matmul has the contract of kiln_kernels.matmul for these types and uses the
+ * fastest code this CPU supports (any table may delegate these types to it). */
+bool kiln_kquant_handles(kiln_wtype t);
+void kiln_kquant_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n);
+void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
+                        const float *x, int64_t n_x, float *y, int n_threads);
 
 /* Embedding lookup: row `id` of table (n_rows, n_cols) of type t with the given row stride,
  * dequantized into dst (n_cols,). */

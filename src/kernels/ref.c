@@ -28,6 +28,11 @@ bool kiln_wtype_block(kiln_wtype t, size_t *block_elems, size_t *block_bytes) {
     case KILN_WTYPE_BF16: e = 1, b = 2; break;
     case KILN_WTYPE_Q8_0: e = KILN_QK8_0, b = sizeof(kiln_block_q8_0); break;
     case KILN_WTYPE_Q4_0: e = KILN_QK4_0, b = sizeof(kiln_block_q4_0); break;
+    case KILN_WTYPE_Q4_1: e = KILN_QK4_1, b = sizeof(kiln_block_q4_1); break;
+    case KILN_WTYPE_Q5_0: e = KILN_QK5_0, b = sizeof(kiln_block_q5_0); break;
+    case KILN_WTYPE_Q4_K: e = KILN_QK_K, b = sizeof(kiln_block_q4_k); break;
+    case KILN_WTYPE_Q5_K: e = KILN_QK_K, b = sizeof(kiln_block_q5_k); break;
+    case KILN_WTYPE_Q6_K: e = KILN_QK_K, b = sizeof(kiln_block_q6_k); break;
     default: return false;
     }
     if (block_elems) *block_elems = e;
@@ -82,7 +87,8 @@ static void ref_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n
         break;
     }
     default:
-        KILN_ASSERT(!"unsupported weight type");
+        /* Q4_1, Q5_0 and the K-quants: kquants.c (which asserts on anything else) */
+        kiln_kquant_dequant_row(t, src, dst, n);
     }
 }
 

@@ -20,6 +20,9 @@ _Static_assert(KILN_ARCH_COUNT == 3, "arch_names covers every architecture");
 _Static_assert((int)KILN_WTYPE_F32 == (int)KILN_DTYPE_F32 && (int)KILN_WTYPE_F16 == (int)KILN_DTYPE_F16 &&
                    (int)KILN_WTYPE_Q4_0 == (int)KILN_DTYPE_Q4_0 &&
                    (int)KILN_WTYPE_Q8_0 == (int)KILN_DTYPE_Q8_0 &&
+                   (int)KILN_WTYPE_Q4_1 == (int)KILN_DTYPE_Q4_1 && (int)KILN_WTYPE_Q5_0 == (int)KILN_DTYPE_Q5_0 &&
+                   (int)KILN_WTYPE_Q4_K == (int)KILN_DTYPE_Q4_K && (int)KILN_WTYPE_Q5_K == (int)KILN_DTYPE_Q5_K &&
+                   (int)KILN_WTYPE_Q6_K == (int)KILN_DTYPE_Q6_K &&
                    (int)KILN_WTYPE_BF16 == (int)KILN_DTYPE_BF16,
                "kernel weight types use the ggml numbering");
 _Static_assert((int)KILN_ROPE_NORM == KILN_KROPE_NORM && (int)KILN_ROPE_NEOX == KILN_KROPE_NEOX,
@@ -111,7 +114,8 @@ static kiln_err find_tensor(const loader *L, const char *name, int64_t n_in, int
     }
     size_t be, bb;
     if (!kiln_wtype_block((kiln_wtype)t->type, &be, &bb))
-        return kiln_errf(KILN_ERR_UNSUPPORTED, "%s: tensor %s has type %s (supported: f32, f16, bf16, q8_0, q4_0)",
+        return kiln_errf(KILN_ERR_UNSUPPORTED,
+                         "%s: tensor %s has type %s (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k, q5_k, q6_k)",
                          L->path, name, kiln_dtype_name(t->type));
     if ((uint64_t)n_in % be != 0)
         return kiln_errf(KILN_ERR_FORMAT, "%s: tensor %s: row of %lld is not a multiple of the %s block",

@@ -191,7 +191,7 @@ static void dispatch(void) {
     CHECK(kiln_kernels_get() != NULL);
     size_t e, b;
     CHECK(kiln_wtype_block(KILN_WTYPE_Q4_0, &e, &b) && e == 32 && b == 18);
-    CHECK(!kiln_wtype_block((kiln_wtype)12, &e, &b)); /* Q4_K: not a kernel type yet */
+    CHECK(!kiln_wtype_block((kiln_wtype)10, &e, &b)); /* Q2_K: not a kernel type */
     CHECK_EQ_INT(kiln_wtype_row_bytes(KILN_WTYPE_Q8_0, 64), 68);
 }
 
