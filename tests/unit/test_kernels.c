@@ -83,6 +83,7 @@ static void *make_weights(kiln_wtype t, int n_out, int n_in, kiln_rng *r, double
                 *dst = (q - 8) * (double)kiln_f16_to_f32(b->d);
                 break;
             }
+            default: abort(); /* the K-quants are tested in test_kquants.c */
             }
         }
     }
