@@ -1304,8 +1304,12 @@ static kiln_err parse_statement(parser *p, node **out) {
         TRY(parse_filter(p, NULL, true, &n->a));
         TRY(parse_statements(p, end_filter, true, &n->b));
     } else if (!strcmp(kw, "generation")) {
+        /* transformers renders the body as a call block: a scope of its own */
         adv(p);
-        TRY(parse_statements(p, end_gen, true, &n));
+        n = mk(p, N_WITH, line);
+        if (!n) return NOMEM();
+        p->soft = false;
+        TRY(parse_statements(p, end_gen, true, &n->b));
     } else if (!strcmp(kw, "with")) {
         adv(p);
         n = mk(p, N_WITH, line);

@@ -1174,8 +1174,10 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
     case N_SET:
         if ((err = eval(st, sc, n->b, &v))) return err;
         return assign(st, sc, n->a, v);
-    case N_SETBLOCK:
-        if ((err = capture(st, sc, n->b, &v))) return err;
+    case N_SETBLOCK: {
+        scope *bs = scope_new(st, sc); /* the body is its own frame, as in jinja2 */
+        if (!bs) return rt_nomem(st, n->line);
+        if ((err = capture(st, bs, n->b, &v))) return err;
         if (n->c) {
             tval saved = st->filter_body;
             st->filter_body = v;
@@ -1184,6 +1186,7 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
             if (err) return err;
         }
         return assign(st, sc, n->a, v);
+    }
     case N_MACRO: {
         tmacro *m = arena_alloc(&st->a, sizeof(*m));
         if (!m) return rt_nomem(st, n->line);
@@ -1214,7 +1217,9 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
         return emit_str(st, n->line, v.s.p, v.s.n);
     }
     case N_FILTERBLOCK: {
-        if ((err = capture(st, sc, n->b, &v))) return err;
+        scope *fs = scope_new(st, sc);
+        if (!fs) return rt_nomem(st, n->line);
+        if ((err = capture(st, fs, n->b, &v))) return err;
         tval saved = st->filter_body;
         st->filter_body = v;
         err = eval(st, sc, n->a, &v);

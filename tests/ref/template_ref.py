@@ -263,6 +263,12 @@ SNIPPETS = [
     "{{ '%-5s|' % 'ab' }}{{ 'ab' | center(6) }}|{{ 'one two  three' | wordcount }}{{ [[1, 2], [3]] | map('length') | list }}{{ [1, 2, 3, 4, 5] | batch(2) | list }}",
     "{% for a, b in [[1, 2], [3, 4]] %}{{ a * b }}{% endfor %}{% for a, b in d.items() if a != 'm' %}{{ a }}{% endfor %}",
     "{% for item in [1, [2, [3]]] recursive %}{% if item is iterable %}[{{ loop(item) }}]{% else %}{{ item }}@{{ loop.depth }}{% endif %}{% endfor %}",
+    "{% set x = 1 %}{% macro m() %}{{ x }}{% set x = 2 %}{{ x }}{% endmacro %}{{ m() }}{{ x }}",
+    "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% if i == 2 %}{% set x = 5 %}{% endif %}{{ x }}{% endfor %}{{ x }}",
+    "{% filter upper %}{% set y = 3 %}{{ y }}{% endfilter %}{{ y }}|{% set z %}{% set y = 3 %}{% endset %}{{ y }}|{% generation %}{% set g = 1 %}{{ g }}{% endgeneration %}{{ g }}",
+    "{% if true %}{% set q = 1 %}{% endif %}{{ q }}{% macro m() %}{{ later }}{% endmacro %}{% set later = 5 %}{{ m() }}{% for i in l %}{% set inner = 1 %}{% endfor %}{{ inner }}",
+    "{% for i in l %}{% for j in l %}{{ loop.index }}{% endfor %}{{ loop.index }}{% endfor %}{% set x = 1 %}{% macro m() %}{% set x = x + 1 %}{{ x }}{% endmacro %}{{ m() }}{{ x }}",
+    "{% for i in l %}{% set x = (x | default(0)) + i %}{{ x }}{% endfor %}",
 ]
 
 
