@@ -165,6 +165,32 @@ def contexts():
          "tool_calls": [tool_call("call_9", "search", "{\"query\": \"kiln\"}")]},
         {"role": "tool", "tool_call_id": "call_9", "content": "kiln: a furnace."},
     ], "tools": [SEARCH_TOOL], "add_generation_prompt": False}
+    c["content_parts"] = {"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Describe this:"},
+                                     {"type": "text", "text": "a red apple"}]},
+    ], "add_generation_prompt": True}
+    c["tool_nested_args"] = {"messages": [
+        {"role": "user", "content": "Plan a trip."},
+        {"role": "assistant", "tool_calls": [tool_call("call_x", "plan", {
+            "city": "Zürich", "days": 3, "budget": 1250.75, "flexible": True, "notes": None,
+            "stops": [{"name": "Café Odeon", "hours": [9, 17]}], "tags": []})]},
+        {"role": "tool", "tool_call_id": "call_x", "content": "{\"ok\": true}"},
+        {"role": "assistant", "content": "Done: 3 days in Zürich."},
+    ], "tools": [WEATHER_TOOL], "add_generation_prompt": False}
+    c["system_only"] = {"messages": [{"role": "system", "content": "You are terse."}],
+                        "add_generation_prompt": True}
+    c["tools_thinking"] = {"messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "Need the tool.",
+         "tool_calls": [tool_call("call_o", "get_weather", {"city": "Oslo"})]},
+        {"role": "tool", "tool_call_id": "call_o", "content": "-2 C, snow"},
+    ], "tools": [WEATHER_TOOL], "add_generation_prompt": True, "enable_thinking": True}
+    c["user_name_field"] = {"messages": [
+        {"role": "user", "name": "alice", "content": "Hi, I am Alice."},
+        {"role": "assistant", "content": " Hello Alice! "},
+        {"role": "user", "content": "  spaces around  "},
+    ], "add_generation_prompt": True}
     out = {}
     for name, ctx in c.items():
         d = dict(base)
