@@ -39,9 +39,11 @@ typedef enum kiln_token_type {
 kiln_err kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out);
 void kiln_vocab_free(kiln_vocab *v); /* NULL is a no-op */
 
+/* SPM or byte-level BPE. */
 kiln_vocab_type kiln_vocab_get_type(const kiln_vocab *v);
 /* tokenizer.ggml.pre ("default" when absent; "" for SPM vocabularies). */
 const char *kiln_vocab_pre(const kiln_vocab *v);
+/* Number of tokens (ids are 0 .. n - 1; a model's output may be wider). */
 int32_t kiln_vocab_n_tokens(const kiln_vocab *v);
 int32_t kiln_vocab_bos(const kiln_vocab *v); /* -1 if none */
 int32_t kiln_vocab_eos(const kiln_vocab *v); /* -1 if none */
@@ -106,6 +108,8 @@ typedef struct kiln_detok {
     uint8_t held[4];         /* prefix of an incomplete UTF-8 character */
 } kiln_detok;
 
+/* Starts a stream over v (borrowed: it must outlive d). skip_special: control tokens produce no
+ * text; strip_leading_space: see above. */
 void kiln_detok_init(kiln_detok *d, const kiln_vocab *v, bool skip_special,
                      bool strip_leading_space);
 /* Appends the complete characters that id completes. KILN_ERR_INVALID (id out of range; the
