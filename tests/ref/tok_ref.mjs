@@ -66,7 +66,8 @@ function texts(inpFile, specials) {
             " ".repeat(k) + "word", "word" + " ".repeat(k));
     }
     out.push(" \n \t \r\n", "\r\n\r\n", "line1\r\nline2\r\n", "  \n\n  x  \n", "\u00a0nbsp\u00a0",
-        "\u2003em space\u2003", "\u3000ideographic space", "tab\tseparated\tvalues", "trailing \n",
+        "\u2003em space\u2003", "\u3000ideographic space", "a\u2028 b", "x\u0085 y", "p\u180e q",
+        "r\ufeff s", "k\u001c\u001dl", "it'\u017f ok", "the '\u212a' one", "\u01c5x", "tab\tseparated\tvalues", "trailing \n",
         "\n\n\nleading newlines", "a\u200bb (zero width space)", "\v\f form feed");
     // 5. CJK, other scripts, accents, emoji
     out.push(
