@@ -6,7 +6,9 @@
   qwen3  + blk.N.attn_{q,k}_norm.weight (head_dim), no QKV bias, rope NEOX, keys qwen3.* with
          explicit attention.key_length / value_length (head_dim may differ from dim / heads)
 Norms, biases and rope_freqs stay F32; token_embd and every 2-D weight get --type (quantized types
-need the inner dim to be a multiple of the block). Weights are N(0, 1/fan_in) so that every
+need the inner dim to be a multiple of the block). --type q4_k_m / q5_k_m write the mix llama.cpp's
+quantizer does: Q4_K (Q5_K) everywhere, Q6_K for output.weight and for attn_v / ffn_down of the
+layers where it spends more bits (the first and last eighth, every third one between). Weights are N(0, 1/fan_in) so that every
 projection keeps unit scale and the logits are O(1). Each tensor has its own RNG stream, derived
 from --seed and its name, so the same flags always give the same file.
 
@@ -32,8 +34,39 @@ PRESETS = {
                            vocab=32000, ctx=2048, rope_theta=10000.0, eps=1e-5),
 }
 
-FILE_TYPE = {gguf.F32: 0, gguf.F16: 1, gguf.Q4_0: 2, gguf.Q8_0: 7, gguf.Q4_K: 15, gguf.Q6_K: 18,
-             gguf.BF16: 32}
+FILE_TYPE = {gguf.F32: 0, gguf.F16: 1, gguf.Q4_0: 2, gguf.Q4_1: 3, gguf.Q8_0: 7, gguf.Q5_0: 8,
+             gguf.Q4_K: 15, gguf.Q5_K: 17, gguf.Q6_K: 18, gguf.BF16: 32, "q4_k_m": 15, "q5_k_m": 17}
+
+# mixed-type files: name -> (base type, type of the tensors given more bits)
+MIXES = {"q4_k_m": (gguf.Q4_K, gguf.Q6_K), "q5_k_m": (gguf.Q5_K, gguf.Q6_K)}
+TYPE_CHOICES = sorted(gguf.TYPE_BY_NAME) + sorted(MIXES)
+
+
+def wtype_from_name(name):
+    """A --type name -> a ggml type number, or the mix name itself."""
+    return name if name in MIXES else gguf.TYPE_BY_NAME[name]
+
+
+def use_more_bits(i_layer, n_layer):
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+
+
+def tensor_type(wtype, name, n_layer):
+    """The type of 2-D weight `name` in a file of type wtype (a ggml type or a mix name)."""
+    if wtype not in MIXES:
+        return wtype
+    base, more = MIXES[wtype]
+    if name == "output.weight":
+        return gguf.Q6_K
+    parts = name.split(".")
+    if len(parts) == 4 and parts[2] in ("attn_v", "ffn_down") and \
+            use_more_bits(int(parts[1]), n_layer):
+        return more
+    return base
+
+
+def type_name(wtype):
+    return wtype if wtype in MIXES else gguf.TYPE_NAMES[wtype]
 
 
 def llama3_rope_factors(head_dim, theta, factor, low, high, orig_ctx):
@@ -122,15 +155,15 @@ def generate(out, arch="llama", wtype=gguf.F32, dim=64, layers=2, heads=4, kv_he
         rope_theta = 10000.0 if arch == "llama" else 1000000.0
     if eps is None:
         eps = 1e-5 if arch == "llama" else 1e-6
-    block = gguf.BLOCK[wtype][0]
+    block = gguf.BLOCK[MIXES[wtype][0] if wtype in MIXES else wtype][0]
     for name, inner in (("dim", dim), ("ff", ff), ("heads*head_dim", heads * head_dim)):
         if inner % block:
             raise ValueError("%s = %d is not a multiple of the %s block (%d)" %
-                             (name, inner, gguf.TYPE_NAMES[wtype], block))
+                             (name, inner, type_name(wtype), block))
 
     w = gguf.Writer()
     w.add_str("general.architecture", arch)
-    w.add_str("general.name", "kiln-random-%s-%s" % (arch, gguf.TYPE_NAMES[wtype]))
+    w.add_str("general.name", "kiln-random-%s-%s" % (arch, type_name(wtype)))
     w.add_u32("general.file_type", FILE_TYPE[wtype])
     w.add_u32("general.quantization_version", 2)
     a = arch + "."
@@ -156,7 +189,7 @@ def generate(out, arch="llama", wtype=gguf.F32, dim=64, layers=2, heads=4, kv_he
 
     def matrix(name, rows, cols, std=None, t=None):
         """PyTorch-shaped (rows=out, cols=in) weight; stored ne = [cols, rows]."""
-        t = wtype if t is None else t
+        t = tensor_type(wtype, name, layers) if t is None else t
         s = std if std is not None else 1.0 / math.sqrt(cols)
 
         def make():  # row chunks of ~4M elements bound the memory of big presets
@@ -208,7 +241,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--preset", choices=sorted(PRESETS))
     ap.add_argument("--arch", choices=["llama", "qwen2", "qwen3"])
-    ap.add_argument("--type", default="f32", choices=sorted(gguf.TYPE_BY_NAME))
+    ap.add_argument("--type", default="f32", choices=TYPE_CHOICES)
     ap.add_argument("--dim", type=int)
     ap.add_argument("--layers", type=int)
     ap.add_argument("--heads", type=int)
@@ -239,7 +272,7 @@ def main():
             ap.error("--llama3-rope needs FACTOR,LOW,HIGH,ORIG_CTX")
         cfg["llama3_rope"] = parts
     try:
-        generate(a.out, wtype=gguf.TYPE_BY_NAME[a.type], tied=a.tied, seed=a.seed,
+        generate(a.out, wtype=wtype_from_name(a.type), tied=a.tied, seed=a.seed,
                  vocab_from=a.vocab_from, **cfg)
     except (ValueError, OSError) as e:
         print("gen_model: %s" % e, file=sys.stderr)

@@ -1,6 +1,6 @@
 """gguf.py: a small GGUF v3 writer and v2/v3 reader in plain Python + numpy, with the ggml block
-formats kiln's tests use (F32, F16, BF16, Q8_0, Q4_0; Q4_K and Q6_K dequantize only, plus a simple
-valid Q4_K/Q6_K encoder). Spec: ggml docs/gguf.md. Little-endian only. Shapes follow GGUF: ne[0] is
+formats kiln's tests use (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0; Q4_K, Q5_K and Q6_K with simple
+valid encoders, not ggml's error-minimizing search; decoders follow ggml's dequantize_row_*). Spec: ggml docs/gguf.md. Little-endian only. Shapes follow GGUF: ne[0] is
 the innermost (contiguous) dim, so a (rows, cols) numpy matrix is stored with ne = [cols, rows].
 Independent of kiln's C code: this is the test side's own view of the format.
 """
@@ -27,10 +27,10 @@ BF16 = 30
 
 QK_K = 256
 # type -> (elements per block, bytes per block)
-BLOCK = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_0: (32, 18),
-         Q4_K: (QK_K, 144), Q6_K: (QK_K, 210)}
-TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q8_0: "q8_0", Q4_0: "q4_0", Q4_K: "q4_k",
-              Q6_K: "q6_k"}
+BLOCK = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20),
+         Q5_0: (32, 22), Q4_K: (QK_K, 144), Q5_K: (QK_K, 176), Q6_K: (QK_K, 210)}
+TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q8_0: "q8_0", Q4_0: "q4_0", Q4_1: "q4_1",
+              Q5_0: "q5_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
 TYPE_BY_NAME = {v: k for k, v in TYPE_NAMES.items()}
 
 
@@ -108,6 +108,61 @@ def dequantize_q4_0(raw, n):
     return (q * d).reshape(-1)
 
 
+def quantize_q4_1(x):
+    """Q4_1: blocks of 32 as {f16 d; f16 m; u8 qs[16]}, nibbles as Q4_0; d = (max-min)/15,
+    m = min, q = min(15, trunc((x-min)/d + 0.5)). Dequantized value: q * d + m."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    idv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = ((x - lo[:, None]) * idv[:, None] + np.float32(0.5)).astype(np.float32)
+    q = np.clip(np.trunc(v), 0, 15).astype(np.uint8)
+    out = np.zeros((x.shape[0], 20), dtype=np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = lo.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 4:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.tobytes()
+
+
+def dequantize_q4_1(raw, n):
+    b = np.frombuffer(raw, dtype=np.uint8, count=n // 32 * 20).reshape(-1, 20)
+    d = b[:, 0:2].copy().view("<f2").astype(np.float64)
+    m = b[:, 2:4].copy().view("<f2").astype(np.float64)
+    qs = b[:, 4:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)
+    return (q * d + m).reshape(-1)
+
+
+def quantize_q5_0(x):
+    """Q5_0: blocks of 32 as {f16 d; u8 qh[4]; u8 qs[16]}; d = m/-16 with m the signed value of
+    largest magnitude, q = min(31, trunc(x/d + 16.5)); low nibbles as Q4_0, bit 4 of element j is
+    bit j of the little-endian u32 qh. Dequantized value: (q - 16) * d."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
+    idx = np.abs(x).argmax(axis=1)
+    m = x[np.arange(x.shape[0]), idx]
+    d = (m / np.float32(-16)).astype(np.float32)
+    idv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = (x * idv[:, None] + np.float32(16.5)).astype(np.float32)
+    q = np.clip(np.trunc(v), 0, 31).astype(np.uint32)
+    qh = ((q >> 4) << np.arange(32, dtype=np.uint32)).sum(axis=1).astype("<u4")
+    q = q.astype(np.uint8) & 0x0F
+    out = np.zeros((x.shape[0], 22), dtype=np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:6] = qh.view(np.uint8).reshape(-1, 4)
+    out[:, 6:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.tobytes()
+
+
+def dequantize_q5_0(raw, n):
+    b = np.frombuffer(raw, dtype=np.uint8, count=n // 32 * 22).reshape(-1, 22)
+    d = b[:, 0:2].copy().view("<f2").astype(np.float64)
+    qh = b[:, 2:6].copy().view("<u4").astype(np.int64)           # (nb, 1)
+    qs = b[:, 6:].astype(np.int64)
+    low = np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+    high = (qh >> np.arange(32)) & 1
+    return (((low | (high << 4)) - 16.0) * d).reshape(-1)
+
+
 # Q4_K: super-block of 256 = 8 sub-blocks of 32: {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}.
 # The 12 scale bytes pack 8 six-bit scales and 8 six-bit mins; value = d*sc*q - dmin*m.
 def _q4k_scale_min(scales):
@@ -141,18 +196,19 @@ def dequantize_q4_k(raw, n):
     return out.reshape(-1)
 
 
-def quantize_q4_k(x):
-    """A simple, valid Q4_K encoder (min/max per sub-block, not ggml's search): enough to produce
-    test weights whose stored values both sides dequantize identically."""
+def _kquant_min_scale(x, levels):
+    """Shared by the Q4_K / Q5_K encoders: per 32-element sub-block a step and a min (>= 0) so that
+    value = step*q - min with q in 0..levels; both are stored as 6-bit multiples of an f16 super-block
+    d / dmin. Returns d, dmin (f32, as stored), sc, mn (nb, 8) and q (nb, 8, 32)."""
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, QK_K)
     nb = x.shape[0]
     sub = x.reshape(nb, 8, 32)
     lo = np.minimum(sub.min(axis=2), 0)             # (nb, 8) <= 0
     hi = sub.max(axis=2)
-    scale = np.maximum(hi - lo, 1e-12) / 15.0       # per sub-block step
+    scale = np.maximum(hi - lo, 1e-12) / float(levels)   # per sub-block step
     mins = -lo                                      # >= 0
-    d = scale.max(axis=1) / 63.0
-    dmin = mins.max(axis=1) / 63.0
+    d = (scale.max(axis=1) / 63.0).astype(np.float32)
+    dmin = (mins.max(axis=1) / 63.0).astype(np.float32)
     d16 = d.astype(np.float16).astype(np.float64)
     dm16 = dmin.astype(np.float16).astype(np.float64)
     sc = np.clip(np.round(scale / np.where(d16 > 0, d16, 1)[:, None]), 0, 63).astype(np.int32)
@@ -160,8 +216,13 @@ def quantize_q4_k(x):
     eff_s = d16[:, None] * sc
     eff_m = dm16[:, None] * mn
     q = np.clip(np.round((sub + eff_m[:, :, None]) / np.where(eff_s > 0, eff_s, 1)[:, :, None]),
-                0, 15).astype(np.uint8)
-    scales = np.zeros((nb, 12), np.int32)
+                0, levels).astype(np.int32)
+    return d, dmin, sc, mn, q
+
+
+def _kquant_pack_scales(sc, mn):
+    """(nb, 8) six-bit scales and mins -> the 12-byte packing of Q4_K / Q5_K."""
+    scales = np.zeros((sc.shape[0], 12), np.int32)
     for j in range(8):
         if j < 4:
             scales[:, j] = sc[:, j]
@@ -170,14 +231,60 @@ def quantize_q4_k(x):
             scales[:, j + 4] = (sc[:, j] & 0x0F) | ((mn[:, j] & 0x0F) << 4)
             scales[:, j - 4] |= (sc[:, j] >> 4) << 6
             scales[:, j] |= (mn[:, j] >> 4) << 6
+    return scales.astype(np.uint8)
+
+
+def quantize_q4_k(x):
+    """A simple, valid Q4_K encoder (min/max per sub-block, not ggml's search): enough to produce
+    test weights whose stored values both sides dequantize identically."""
+    d, dmin, sc, mn, q = _kquant_min_scale(x, 15)
+    nb = q.shape[0]
     qs = np.zeros((nb, 128), np.uint8)
     for c in range(4):
         qs[:, 32 * c:32 * c + 32] = q[:, 2 * c, :] | (q[:, 2 * c + 1, :] << 4)
     out = np.zeros((nb, 144), np.uint8)
     out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
     out[:, 2:4] = dmin.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 4:16] = scales.astype(np.uint8)
+    out[:, 4:16] = _kquant_pack_scales(sc, mn)
     out[:, 16:] = qs
+    return out.tobytes()
+
+
+# Q5_K: super-block of 256: {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: Q4_K plus a
+# fifth bit per element: bit j of qh[l] is the high bit of element l of sub-block j.
+def dequantize_q5_k(raw, n):
+    b = np.frombuffer(raw, dtype=np.uint8, count=n // QK_K * 176).reshape(-1, 176)
+    d = b[:, 0:2].copy().view("<f2").astype(np.float64)
+    dmin = b[:, 2:4].copy().view("<f2").astype(np.float64)
+    sc, mn = _q4k_scale_min(b[:, 4:16])
+    qh = b[:, 16:48].astype(np.int32)
+    qs = b[:, 48:].astype(np.int32)
+    out = np.zeros((b.shape[0], QK_K))
+    for c in range(4):
+        chunk = qs[:, 32 * c:32 * c + 32]
+        for h, low in ((0, chunk & 0x0F), (1, chunk >> 4)):
+            j = 2 * c + h
+            q = low | (((qh >> j) & 1) << 4)
+            out[:, 32 * j:32 * j + 32] = (d * sc[:, j:j + 1]) * q - dmin * mn[:, j:j + 1]
+    return out.reshape(-1)
+
+
+def quantize_q5_k(x):
+    """A simple, valid Q5_K encoder (min/max per sub-block, 32 levels)."""
+    d, dmin, sc, mn, q = _kquant_min_scale(x, 31)
+    nb = q.shape[0]
+    qs = np.zeros((nb, 128), np.uint8)
+    qh = np.zeros((nb, 32), np.int32)
+    for c in range(4):
+        qs[:, 32 * c:32 * c + 32] = (q[:, 2 * c, :] & 0x0F) | ((q[:, 2 * c + 1, :] & 0x0F) << 4)
+    for j in range(8):
+        qh |= (q[:, j, :] >> 4) << j
+    out = np.zeros((nb, 176), np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = dmin.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 4:16] = _kquant_pack_scales(sc, mn)
+    out[:, 16:48] = qh.astype(np.uint8)
+    out[:, 48:] = qs
     return out.tobytes()
 
 
@@ -248,8 +355,14 @@ def encode(x, gtype):
         return quantize_q8_0(x)
     if gtype == Q4_0:
         return quantize_q4_0(x)
+    if gtype == Q4_1:
+        return quantize_q4_1(x)
+    if gtype == Q5_0:
+        return quantize_q5_0(x)
     if gtype == Q4_K:
         return quantize_q4_k(x)
+    if gtype == Q5_K:
+        return quantize_q5_k(x)
     if gtype == Q6_K:
         return quantize_q6_k(x)
     raise ValueError("cannot encode ggml type %r" % gtype)
@@ -267,8 +380,14 @@ def decode(raw, gtype, n):
         return dequantize_q8_0(raw, n)
     if gtype == Q4_0:
         return dequantize_q4_0(raw, n)
+    if gtype == Q4_1:
+        return dequantize_q4_1(raw, n)
+    if gtype == Q5_0:
+        return dequantize_q5_0(raw, n)
     if gtype == Q4_K:
         return dequantize_q4_k(raw, n)
+    if gtype == Q5_K:
+        return dequantize_q5_k(raw, n)
     if gtype == Q6_K:
         return dequantize_q6_k(raw, n)
     raise ValueError("cannot decode ggml type %r" % gtype)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """logit_parity.py: kiln's forward pass against the independent numpy reference (forward.py) on
 random-weight models (tools/gen_model.py) of every architecture in F32, F16, BF16, Q8_0 and Q4_0,
-over 80 positions each. Driven by tests/suites/logit_parity.sh.
+and of some in Q4_1, Q5_0, Q4_K, Q5_K, Q6_K and the Q4_K_M / Q5_K_M mixes, over 80 positions each. Driven by tests/suites/logit_parity.sh.
 
 Contract: `kiln eval -m MODEL --tokens 1,2,... --dump-logits OUT [--batch-chunks K]` writes float32
 little-endian logits (n_tokens, n_vocab) for one sequence at positions 0..n-1.
@@ -15,8 +15,8 @@ Tolerances are relative to the RMS of the reference logits (about 1 for these mo
       f32 1e-4 / 2e-5;  f16 1.5e-2 / 3e-3;  bf16 1e-1 / 1.5e-2;  q8_0, q4_0 3e-1 / 5e-2.
     These are 2.5-3x the worst errors measured by simulating that activation rounding in numpy
     on these models (f16 0.005/0.0007, bf16 0.034/0.0056, Q8_0 activations 0.12/0.020).
-    (Q4_K / Q6_K, opt-in with KILN_PARITY_EXTRA=kquants: the same allowance as Q8_0 / Q4_0; ggml
-    pairs them with Q8_K activations, whose rounding is of the same order.)
+    (Q4_1, Q5_0 and the K-quants: the same allowance as Q8_0 / Q4_0; ggml pairs them with Q8_1 /
+    Q8_K activations, whose rounding is of the same order.)
 usage: logit_parity.py KILN_BIN WORK_DIR [--filter REGEX]
 """
 import hashlib
@@ -38,7 +38,11 @@ import gguf  # noqa: E402
 
 N_POS = 80
 TOL_FAST = {"f32": (1e-4, 2e-5), "f16": (1.5e-2, 3e-3), "bf16": (1e-1, 1.5e-2),
-            "q8_0": (3e-1, 5e-2), "q4_0": (3e-1, 5e-2), "q4_k": (3e-1, 5e-2), "q6_k": (3e-1, 5e-2)}
+            "q8_0": (3e-1, 5e-2), "q4_0": (3e-1, 5e-2)}
+# the other quantized types: the same allowance as Q8_0 / Q4_0 (ggml pairs them with Q8_K / Q8_1
+# activations, whose rounding is of the same order)
+for _t in ("q4_1", "q5_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"):
+    TOL_FAST[_t] = TOL_FAST["q8_0"]
 TOL_REF = 1e-4
 
 BASE = dict(dim=64, layers=2, heads=4, kv_heads=2, ff=128, vocab=320, ctx=256)
@@ -57,13 +61,17 @@ for _t in ("f32", "q4_0"):
 # plain multi-head attention, dim not a power of two, qwen2 biases
 CASES.append(("qwen2-mha-d96-f16", dict(BASE, arch="qwen2", wtype="f16", dim=96, heads=3, kv_heads=3,
                                         ff=160, vocab=288)))
-# K-quants (kiln does not read them yet): opt in with KILN_PARITY_EXTRA=kquants, and move them
-# into CASES when the kernels land. Dims are multiples of the 256-element super-block.
-if "kquants" in os.environ.get("KILN_PARITY_EXTRA", ""):
-    for _t in ("q4_k", "q6_k"):
-        for _a in ("llama", "qwen3"):
-            CASES.append(("%s-%s" % (_a, _t), dict(BASE, arch=_a, wtype=_t, dim=256, ff=512,
-                                                   heads=4, kv_heads=2)))
+# the K-quants and the small legacy types; dims are multiples of the 256-element super-block.
+# q4_k_m / q5_k_m mix types per tensor as llama.cpp's quantizer does (8 layers, so attn_v and
+# ffn_down are Q6_K in layers 0, 3, 6, 7 and Q4_K / Q5_K elsewhere; output.weight Q6_K).
+KBASE = dict(BASE, dim=256, ff=512, heads=4, kv_heads=2)
+CASES += [("llama-q4_k", dict(KBASE, arch="llama", wtype="q4_k")),
+          ("qwen3-q6_k", dict(KBASE, arch="qwen3", wtype="q6_k")),
+          ("qwen2-q5_k", dict(KBASE, arch="qwen2", wtype="q5_k")),
+          ("llama-q4_k_m", dict(KBASE, arch="llama", wtype="q4_k_m", layers=8)),
+          ("qwen3-q5_k_m", dict(KBASE, arch="qwen3", wtype="q5_k_m", layers=3)),
+          ("llama-q4_1", dict(BASE, arch="llama", wtype="q4_1")),
+          ("qwen2-q5_0", dict(BASE, arch="qwen2", wtype="q5_0"))]
 # the same sequence fed in several chunks through the paged cache
 CHUNKED = {"llama-q8_0": 5, "qwen3-bf16": 3}
 
@@ -78,7 +86,7 @@ def model_path(work, name, kw):
     newest = max(os.path.getmtime(s) for s in SOURCES)
     if not os.path.exists(path) or os.path.getmtime(path) < newest:
         kw = dict(kw)
-        kw["wtype"] = gguf.TYPE_BY_NAME[kw["wtype"]]
+        kw["wtype"] = gen_model.wtype_from_name(kw["wtype"])
         gen_model.generate(path, seed=11, **kw)
     return path
 

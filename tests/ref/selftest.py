@@ -84,7 +84,8 @@ def test_blocks():
           [0x3F80, 0x3F80, 0x3F82, 0xC020, 0x3F80])
     # K-quants: the decoders follow ggml's layout descriptions; the simple encoders must invert them
     x = rng.standard_normal(gguf.QK_K * 4).astype(np.float32)
-    for t, bound in ((gguf.Q4_K, 0.12), (gguf.Q6_K, 0.03)):
+    for t, bound in ((gguf.Q4_K, 0.12), (gguf.Q5_K, 0.06), (gguf.Q6_K, 0.03), (gguf.Q4_1, 0.12),
+                     (gguf.Q5_0, 0.06)):
         y = gguf.decode(gguf.encode(x, t), t, x.size)
         rel = float(np.sqrt(np.mean((x - y) ** 2) / np.mean(x ** 2)))
         check("%s encode/decode round trip (rel rms %.3f < %.2f)" % (gguf.TYPE_NAMES[t], rel, bound),

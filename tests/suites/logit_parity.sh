@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # logit_parity.sh: `kiln eval` logits against the independent numpy reference (tests/ref/forward.py)
-# for random-weight llama / qwen2 / qwen3 models in F32, F16, BF16, Q8_0 and Q4_0 (plus tied
+# for random-weight llama / qwen2 / qwen3 models in F32, F16, BF16, Q8_0 and Q4_0, some in Q4_1,
+# Q5_0, Q4_K, Q5_K, Q6_K and Q4_K_M / Q5_K_M mixes (plus tied
 # output + Llama 3.1 rope scaling, MHA, chunked feeding), 80 positions each, with the scalar
 # reference kernels (tolerance 1e-4 of the logit scale) and the default kernels (per-type
 # tolerances: see tests/ref/logit_parity.py). Models are cached in build/testmodels/.

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# kquant_dequant.sh: Q4_1 / Q5_0 / Q4_K / Q5_K / Q6_K dequantization by kiln (every kernel table,
+# release and ASan builds) against values numpy computed from the block fields, on random blocks
+# with extreme f16 scales (tests/ref/kquant_vectors.py, which also checks tools/gguf.py's decoders).
+set -u
+root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+py=${PYTHON:-/usr/bin/python3}
+work="$root/build/testmodels"
+mkdir -p "$work"
+pass=0 fail=0
+vec="$work/kquant_vectors.bin"
+if "$py" "$root/tests/ref/kquant_vectors.py" "$vec"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+for variant in release asan; do
+    t="$root/build/$variant/tests/test_kquants"
+    if [ ! -x "$t" ]; then echo "skip $variant (no $t)"; continue; fi
+    if "$t" "$vec"; then pass=$((pass + 1)); echo "ok   $variant"; else fail=$((fail + 1)); echo "FAIL $variant"; fi
+done
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

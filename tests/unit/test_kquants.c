@@ -1,0 +1,197 @@
+/* test_kquants.c: the Q4_1 / Q5_0 / Q4_K / Q5_K / Q6_K kernels (kquants.c).
+ * Without arguments: block sizes, and the matmul of every table (ref, the default table,
+ * kiln_kquant_matmul) against a double-precision product of the dequantized weights on random
+ * blocks and odd shapes, plus thread-count invariance.
+ * With a vectors file (tests/ref/kquant_vectors.py, run by tests/suites/kquant_dequant.sh): every
+ * table's dequant_row against values numpy computed from the block fields. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kernels/kernels.h"
+#include "test.h"
+
+static const kiln_wtype TYPES[] = {KILN_WTYPE_Q4_1, KILN_WTYPE_Q5_0, KILN_WTYPE_Q4_K, KILN_WTYPE_Q5_K,
+                                   KILN_WTYPE_Q6_K};
+
+static void block_sizes(void) {
+    static const struct {
+        kiln_wtype t;
+        size_t e, b;
+    } want[] = {{KILN_WTYPE_Q4_1, 32, 20}, {KILN_WTYPE_Q5_0, 32, 22}, {KILN_WTYPE_Q4_K, 256, 144},
+                {KILN_WTYPE_Q5_K, 256, 176}, {KILN_WTYPE_Q6_K, 256, 210}};
+    for (size_t i = 0; i < KILN_ARRAY_LEN(want); i++) {
+        size_t e = 0, b = 0;
+        CHECK(kiln_wtype_block(want[i].t, &e, &b));
+        CHECK_EQ_INT(e, want[i].e);
+        CHECK_EQ_INT(b, want[i].b);
+        CHECK(kiln_kquant_handles(want[i].t));
+    }
+    CHECK(!kiln_kquant_handles(KILN_WTYPE_Q4_0));
+    CHECK(!kiln_kquant_handles(KILN_WTYPE_F16));
+    CHECK_EQ_INT(kiln_wtype_row_bytes(KILN_WTYPE_Q4_K, 512), 288);
+}
+
+/* Random bytes with the f16 scale fields set to moderate values (so products stay finite). */
+static uint8_t *random_weights(kiln_wtype t, int64_t n_out, int64_t n_in, kiln_rng *r, size_t *row_bytes) {
+    size_t be = 0, bb = 0;
+    KILN_ASSERT(kiln_wtype_block(t, &be, &bb));
+    *row_bytes = kiln_wtype_row_bytes(t, n_in);
+    size_t n_blocks = (size_t)n_out * (size_t)n_in / be;
+    uint8_t *w = malloc(n_blocks * bb);
+    for (size_t i = 0; i < n_blocks * bb; i++) w[i] = (uint8_t)kiln_rng_u64(r);
+    for (size_t i = 0; i < n_blocks; i++) {
+        uint8_t *b = w + i * bb;
+        uint16_t d = kiln_f32_to_f16((float)(kiln_rng_uniform(r) * 0.02 - 0.01));
+        uint16_t d2 = kiln_f32_to_f16((float)(kiln_rng_uniform(r) * 0.02 - 0.01));
+        switch (t) {
+        case KILN_WTYPE_Q4_1: ((kiln_block_q4_1 *)b)->d = d, ((kiln_block_q4_1 *)b)->m = d2; break;
+        case KILN_WTYPE_Q5_0: ((kiln_block_q5_0 *)b)->d = d; break;
+        case KILN_WTYPE_Q4_K: ((kiln_block_q4_k *)b)->d = d, ((kiln_block_q4_k *)b)->dmin = d2; break;
+        case KILN_WTYPE_Q5_K: ((kiln_block_q5_k *)b)->d = d, ((kiln_block_q5_k *)b)->dmin = d2; break;
+        case KILN_WTYPE_Q6_K: ((kiln_block_q6_k *)b)->d = d; break;
+        default: abort();
+        }
+    }
+    return w;
+}
+
+typedef void (*matmul_fn)(kiln_wtype, const void *, size_t, int64_t, int64_t, const float *, int64_t, float *,
+                          int);
+
+/* Every matmul entry point against sum(dequant(w) * x) in double, relative to sum |w * x|. */
+static void matmul_vs_double(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 42);
+    const kiln_kernels *def = kiln_kernels_get();
+    struct {
+        const char *name;
+        matmul_fn f;
+    } fns[] = {{"ref", kiln_kernels_ref.matmul}, {def->name, def->matmul}, {"kquant", kiln_kquant_matmul}};
+    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 5};
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
+        kiln_wtype t = TYPES[ti];
+        size_t be = 0;
+        kiln_wtype_block(t, &be, NULL);
+        int64_t n_ins[] = {(int64_t)be, (int64_t)be * 3, be == 32 ? 288 : 1024};
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 3; c++) {
+                    int64_t n_out = n_outs[a], n_x = n_xs[b], n_in = n_ins[c];
+                    size_t rb;
+                    uint8_t *w = random_weights(t, n_out, n_in, &r, &rb);
+                    float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
+                    float *wf = malloc(sizeof(float) * (size_t)n_in);
+                    float *y = malloc(sizeof(float) * (size_t)(n_x * n_out));
+                    double *want = malloc(sizeof(double) * (size_t)(n_x * n_out));
+                    double *mag = malloc(sizeof(double) * (size_t)(n_x * n_out));
+                    for (int64_t i = 0; i < n_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
+                    for (int64_t o = 0; o < n_out; o++) {
+                        kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
+                        for (int64_t q = 0; q < n_x; q++) {
+                            double s = 0, m = 0;
+                            for (int64_t i = 0; i < n_in; i++) {
+                                s += (double)wf[i] * x[q * n_in + i];
+                                m += fabs((double)wf[i] * x[q * n_in + i]);
+                            }
+                            want[q * n_out + o] = s, mag[q * n_out + o] = m;
+                        }
+                    }
+                    for (size_t fi = 0; fi < KILN_ARRAY_LEN(fns); fi++) {
+                        fns[fi].f(t, w, rb, n_out, n_in, x, n_x, y, 2);
+                        for (int64_t i = 0; i < n_x * n_out; i++)
+                            CHECK_MSG(fabs(y[i] - want[i]) <= 1e-5 * mag[i] + 1e-30,
+                                      "%s type %d (%lld x %lld) @ x (%lld): y[%lld] = %.9g, want %.9g", fns[fi].name,
+                                      (int)t, (long long)n_out, (long long)n_in, (long long)n_x, (long long)i,
+                                      (double)y[i], want[i]);
+                    }
+                    free(w), free(x), free(wf), free(y), free(want), free(mag);
+                }
+    }
+}
+
+/* The result does not depend on the number of threads. */
+static void threads_invariant(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 7);
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
+        int64_t n_out = 301, n_in = 512, n_x = 4;
+        size_t rb;
+        uint8_t *w = random_weights(TYPES[ti], n_out, n_in, &r, &rb);
+        float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
+        float *y1 = malloc(sizeof(float) * (size_t)(n_x * n_out)), *y2 = malloc(sizeof(float) * (size_t)(n_x * n_out));
+        for (int64_t i = 0; i < n_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
+        kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y1, 1);
+        kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y2, 2);
+        CHECK(memcmp(y1, y2, sizeof(float) * (size_t)(n_x * n_out)) == 0);
+        free(w), free(x), free(y1), free(y2);
+    }
+}
+
+/* ---- vectors file mode ---- */
+static const uint8_t *vec_data;
+static size_t vec_len, vec_pos;
+
+static const void *take(size_t n) {
+    if (n > vec_len - vec_pos) return NULL;
+    const void *p = vec_data + vec_pos;
+    vec_pos += n;
+    return p;
+}
+
+static void check_vectors(void) {
+    const uint8_t *magic = take(4);
+    const uint32_t *n_cases = take(4);
+    CHECK(magic && memcmp(magic, "KQV1", 4) == 0 && n_cases);
+    if (!magic || !n_cases) return;
+    const kiln_kernels *tables[] = {&kiln_kernels_ref, kiln_kernels_get()};
+    for (uint32_t c = 0; c < *n_cases; c++) {
+        const uint32_t *hdr = take(8);
+        CHECK(hdr);
+        if (!hdr) return;
+        kiln_wtype t = (kiln_wtype)hdr[0];
+        int64_t n = hdr[1];
+        size_t be = 0, bb = 0;
+        CHECK(kiln_kquant_handles(t) && kiln_wtype_block(t, &be, &bb) && n % (int64_t)be == 0);
+        if (!kiln_kquant_handles(t)) return;
+        const void *raw = take((size_t)n / be * bb);
+        const double *want = take((size_t)n * 8), *tol = take((size_t)n * 8);
+        CHECK(raw && want && tol);
+        if (!raw || !want || !tol) return;
+        float *got = malloc(sizeof(float) * (size_t)n);
+        for (size_t k = 0; k < KILN_ARRAY_LEN(tables); k++) {
+            tables[k]->dequant_row(t, raw, got, n);
+            int n_bad = 0;
+            for (int64_t i = 0; i < n; i++) {
+                bool ok = isfinite(got[i]) && fabs(got[i] - want[i]) <= tol[i];
+                if (!ok && n_bad++ < 5)
+                    CHECK_MSG(ok, "%s type %d element %lld (block %lld): %.9g, numpy %.9g (tol %.3g)", tables[k]->name,
+                              (int)t, (long long)i, (long long)(i / (int64_t)be), (double)got[i], want[i], tol[i]);
+            }
+            printf("type %2d, %lld elements, %s kernels: %d mismatches\n", (int)t, (long long)n, tables[k]->name,
+                   n_bad);
+        }
+        free(got);
+    }
+    CHECK_EQ_INT(vec_pos, vec_len);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) {
+        FILE *f = fopen(argv[1], "rb");
+        if (!f) {
+            fprintf(stderr, "test_kquants: cannot open %s\n", argv[1]);
+            return 1;
+        }
+        static uint8_t buf[1 << 22];
+        vec_len = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        vec_data = buf;
+        RUN(check_vectors);
+        return TEST_REPORT("test_kquants vectors");
+    }
+    RUN(block_sizes);
+    RUN(matmul_vs_double);
+    RUN(threads_invariant);
+    return TEST_REPORT("test_kquants");
+}
