@@ -5,7 +5,9 @@
  * Thread: the libevent loop thread only (kiln_http_stop excepted). */
 #include "server/http.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
@@ -59,6 +61,7 @@ struct kiln_http_req {
     size_t n_body;                  /* body bytes (valid once body_terminated) */
     struct event *ev_timeout;       /* request_timeout_s */
     struct event *ev_keepalive;     /* SSE keep-alive comments */
+    struct event *ev_eof;           /* watches the socket for EOF while the request is pending */
     kiln_http_close_fn on_close;
     void *close_ctx;
     void *user;
@@ -103,12 +106,14 @@ static void req_unlink_free(kiln_http_req *r) {
     h->n_active--;
     if (r->ev_timeout) event_free(r->ev_timeout);
     if (r->ev_keepalive) event_free(r->ev_keepalive);
+    if (r->ev_eof) event_free(r->ev_eof);
     kiln_free(r->path);
     kiln_free(r);
 }
 
 /* Detaches the wrapper from the connection before libevent may free either. */
 static void req_detach(kiln_http_req *r) {
+    if (r->ev_eof) event_del(r->ev_eof);
     if (r->conn) evhttp_connection_set_closecb(r->conn, NULL, NULL);
     r->conn = NULL;
 }
@@ -124,6 +129,7 @@ static void conn_closed(struct evhttp_connection *conn, void *arg) {
     (void)conn;
     r->conn = NULL;
     r->closed = true;
+    if (r->ev_eof) event_del(r->ev_eof);
     /* On EOF/timeout libevent orphans a request the user still holds (its connection becomes
      * NULL) and we must free it; otherwise the request is still queued on the dying connection
      * and libevent frees it right after this callback: forget it. */
@@ -131,6 +137,21 @@ static void conn_closed(struct evhttp_connection *conn, void *arg) {
     if (r->ev_keepalive) event_del(r->ev_keepalive);
     KILN_DEBUG("http: client of %s went away", r->path);
     notify_close(r, KILN_HTTP_CLOSE_DISCONNECT);
+}
+
+/* libevent does not read from a connection while its request is being handled, so a client
+ * that goes away is only noticed at the next write. This watcher notices it at once: EOF (or an
+ * error) on the socket frees the connection, which runs conn_closed. Bytes of a pipelined next
+ * request just stop the watch. */
+static void on_readable(evutil_socket_t fd, short what, void *arg) {
+    kiln_http_req *r = arg;
+    (void)what;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    event_del(r->ev_eof);
+    if (n > 0 || !r->conn) return;
+    evhttp_connection_free(r->conn); /* calls conn_closed, which may free r */
 }
 
 static void req_timed_out(evutil_socket_t fd, short what, void *arg) {
@@ -420,6 +441,14 @@ static void dispatch(struct evhttp_request *req, void *arg) {
         if (r->ev_timeout) {
             struct timeval tv = {h->opts.request_timeout_s, 0};
             event_add(r->ev_timeout, &tv);
+        }
+    }
+    if (r->conn) {
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(r->conn);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+        if (fd >= 0) {
+            r->ev_eof = event_new(h->base, fd, EV_READ | EV_PERSIST, on_readable, r);
+            if (r->ev_eof) event_add(r->ev_eof, NULL);
         }
     }
     hit->fn(r, hit->ctx);

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# e2e.sh: the real server end to end. Starts `kiln serve` on 127.0.0.1 (a free port) with the
+# real stories260K model twice: a main server (API key, small body limit) and a "tight" one
+# (--max-num-seqs 1 --max-queued-requests 1, for queueing, 503 and cancel-while-queued), then
+# runs tests/e2e/*.test.mjs with the official `openai` npm package under `node --test`. Then the
+# error-path tests once more against the ASan/UBSan binary, whose log must stay clean.
+# Prints the node TAP output, then "N passed, N failed".
+set -u
+root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+td=${KILN_TESTDATA:-$root/../shared/testdata}
+bin=${KILN_BIN:-$root/build/release/kiln}
+bin_asan=${KILN_BIN_ASAN:-$root/build/asan/kiln}
+model=$td/models/stories260K.gguf
+logs=$root/build/test-logs/e2e
+mkdir -p "$logs"
+pass=0 fail=0
+pids=()
+
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+}
+trap cleanup EXIT
+
+# start_server LOG BIN ARGS... : starts kiln serve on a free port; sets srv_pid and srv_port.
+# (Not run in a subshell, so that the server is this shell's child: wait and the trap see it.)
+start_server() {
+    local log=$1 b=$2
+    shift 2
+    "$b" serve -m "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
+    local pid=$! port=""
+    pids+=("$pid")
+    for _ in $(seq 1 300); do
+        port=$(sed -n 's/.* on http:\/\/127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log" | head -n 1)
+        [ -n "$port" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$port" ]; then
+        echo "e2e: server did not start ($b):" >&2
+        tail -n 20 "$log" >&2
+        return 1
+    fi
+    # wait for /health
+    for _ in $(seq 1 100); do
+        if node -e "fetch('http://127.0.0.1:$port/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"; then
+            srv_pid=$pid
+            srv_port=$port
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "e2e: /health never answered 200" >&2
+    return 1
+}
+
+# run_node LABEL FILES... : node --test with TAP output; adds its counts.
+run_node() {
+    local label=$1 out=$logs/$1.tap
+    shift
+    node --test --test-reporter=tap --test-concurrency=1 --test-timeout=120000 "$@" >"$out" 2>&1
+    local rc=$?
+    cat "$out"
+    local p f
+    p=$(grep -E '^# pass [0-9]+' "$out" | tail -n 1 | awk '{print $3}')
+    f=$(grep -E '^# fail [0-9]+' "$out" | tail -n 1 | awk '{print $3}')
+    p=${p:-0}
+    f=${f:-0}
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+    echo "e2e: $label: $p passed, $f failed (node exit $rc)"
+    pass=$((pass + p))
+    fail=$((fail + f))
+}
+
+key=e2e-test-key-0123456789
+common=(--served-model-name stories260K --kv-cache-memory 64M --max-request-body-bytes 65536
+        --sse-keepalive 1)
+
+if ! start_server "$logs/server.log" "$bin" "${common[@]}" --api-key "$key"; then
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+main_port=$srv_port
+if ! start_server "$logs/server-tight.log" "$bin" "${common[@]}" --api-key "$key" \
+        --max-num-seqs 1 --max-queued-requests 1; then
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+tight_port=$srv_port
+
+export KILN_URL="http://127.0.0.1:$main_port"
+export KILN_URL_TIGHT="http://127.0.0.1:$tight_port"
+export KILN_API_KEY="$key"
+export KILN_MODEL_NAME=stories260K
+export KILN_MODEL="$model"
+export KILN_BIN="$bin"
+export KILN_REF_TEXT="$td/models/stories260K.greedy252.txt"
+export NODE_PATH="$root/tests/node_modules"
+
+run_node release "$root"/tests/e2e/*.test.mjs
+
+# The error paths again under ASan/UBSan: never a crash, a sanitizer report or a leak.
+if [ -x "$bin_asan" ]; then
+    if start_server "$logs/server-asan.log" "$bin_asan" "${common[@]}" --api-key "$key"; then
+        export KILN_URL="http://127.0.0.1:$srv_port"
+        export KILN_SKIP_SLOW=1
+        run_node asan "$root/tests/e2e/errors.test.mjs"
+        apid=$srv_pid
+        kill -TERM "$apid" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$apid" 2>/dev/null || break; sleep 0.1; done
+        wait "$apid" 2>/dev/null
+        arc=$?
+        if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$logs/server-asan.log"; then
+            echo "FAIL asan server log has a sanitizer report:"
+            grep -E -A 20 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$logs/server-asan.log" | head -40
+            fail=$((fail + 1))
+        elif [ "$arc" -ne 0 ]; then
+            echo "FAIL asan server exited with status $arc"
+            tail -n 20 "$logs/server-asan.log"
+            fail=$((fail + 1))
+        else
+            echo "ok   asan server: clean log and clean exit after SIGTERM"
+            pass=$((pass + 1))
+        fi
+    else
+        fail=$((fail + 1))
+    fi
+else
+    echo "FAIL no ASan binary at $bin_asan (make VARIANT=asan kiln)"
+    fail=$((fail + 1))
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
