@@ -1,17 +1,30 @@
-/* dispatch.c: picks the kernel table once at start-up. Today only the scalar reference exists;
- * per-ISA tables (avx2.c, avx512.c) join the list with their CPU feature checks. KILN_KERNELS
- * forces a table by name. Thread-safe: the choice is made under pthread_once. */
+/* dispatch.c: picks the kernel table once at start-up: avx512 (F/BW/DQ/VL + VNNI + BF16), then
+ * avx2 (AVX2 + FMA + F16C), then the scalar reference, each only when the CPU (and OS) support
+ * its features. KILN_KERNELS forces a table by name. This file is compiled for baseline x86-64.
+ * Thread-safe: the choice is made under pthread_once. */
 #include "kernels/kernels.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+static bool has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+static bool has_avx512(void) {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+}
+
 /* Best first; each entry is usable only when its CPU check passes. */
 static const struct {
     const kiln_kernels *table;
     bool (*supported)(void);
 } candidates[] = {
+    {&kiln_kernels_avx512, has_avx512},
     {&kiln_kernels_ref, NULL},
 };
 

@@ -133,6 +133,10 @@ typedef struct kiln_kernels {
 
 /* The scalar reference table (always available). */
 extern const kiln_kernels kiln_kernels_ref;
+/* Per-ISA tables (avx2.c, avx512.c; compiled with those ISA flags): use them only through
+ * kiln_kernels_get / kiln_kernels_find, which check the CPU first. */
+extern const kiln_kernels kiln_kernels_avx2;
+extern const kiln_kernels kiln_kernels_avx512;
 
 /* The table chosen at start-up: KILN_KERNELS=ref|<name> forces one (an unknown name logs a
  * warning and falls back to the best available); otherwise the best for this CPU. Thread-safe. */

@@ -1,6 +1,7 @@
 /* test_kernels.c: the reference kernels against direct double-precision formulas written here
  * from the definitions (ggml block layouts, RMSNorm, RoPE as complex rotation, softmax, SiLU),
- * plus the dispatch table. Every other kernel table is checked against ref on random shapes. */
+ * plus the dispatch table. Every other kernel table (avx2, avx512, when the CPU has them) is
+ * checked against ref on random shapes with per-op tolerances (simd_vs_ref). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -124,6 +125,113 @@ static void matmul_all_types(void) {
     }
 }
 
+
+/* ---- every SIMD table against ref ----
+ * Random shapes with odd row counts (tails of the 4-, 8- and 16-row tiles), odd activation row
+ * counts (both the matrix-vector and the panel paths, and their tails), odd n_in for float types.
+ * Tolerances, per op, relative to mag = sum |w_i x_i| of the output element:
+ *   matmul F32/F16/BF16 (f32 FMA, another summation order): 1e-5 mag;
+ *   matmul Q8_0/Q4_0 (activations rounded to int8 blocks of 32, scale amax/127): at most half a
+ *     step per element, sum_i |w_i| amax(block of i) / 254, plus 1e-5 mag;
+ *   dot / axpy: 1e-5 of sum |a b|; other ops: 1e-6 absolute on O(1) values.
+ * And a row's matmul result is bit-identical whatever the other rows of the batch (the engine's
+ * batching invariance rests on it). */
+static void check_table_matmul(const kiln_kernels *T, kiln_wtype t, int n_out, int n_in, int n_x, kiln_rng *r) {
+    double *wf = malloc(sizeof(double) * (size_t)n_out * n_in);
+    void *w = make_weights(t, n_out, n_in, r, wf);
+    size_t rb = kiln_wtype_row_bytes(t, n_in);
+    float *x = malloc(sizeof(float) * (size_t)n_x * n_in), *y = malloc(sizeof(float) * (size_t)n_x * n_out);
+    float *yr = malloc(sizeof(float) * (size_t)n_x * n_out), *y1 = malloc(sizeof(float) * (size_t)n_out);
+    for (int i = 0; i < n_x * n_in; i++) x[i] = frand(r) * (i % 7 == 0 ? 4.0f : 1.0f);
+    T->matmul(t, w, rb, n_out, n_in, x, n_x, y, 2);
+    kiln_kernels_ref.matmul(t, w, rb, n_out, n_in, x, n_x, yr, 2);
+    bool quant = t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0;
+    int bad = 0;
+    for (int xr = 0; xr < n_x; xr++) {
+        for (int o = 0; o < n_out; o++) {
+            double mag = 0, qerr = 0;
+            for (int b = 0; b < n_in; b += 32) {
+                double amax = 0, wsum = 0;
+                for (int i = b; i < n_in && i < b + 32; i++) {
+                    amax = fmax(amax, fabs(x[xr * n_in + i]));
+                    wsum += fabs(wf[(size_t)o * n_in + i]);
+                    mag += fabs(wf[(size_t)o * n_in + i] * x[xr * n_in + i]);
+                }
+                qerr += wsum * amax / 254;
+            }
+            double tol = 1e-5 * mag + (quant ? qerr : 0) + 1e-7;
+            double got = y[xr * n_out + o], want = yr[xr * n_out + o];
+            if (fabs(got - want) > tol && bad++ < 3)
+                CHECK_MSG(0, "%s type %d (%d,%d,%d) [%d,%d]: %.7g vs ref %.7g (tol %.3g)", T->name, (int)t, n_out,
+                          n_in, n_x, xr, o, got, want, tol);
+        }
+        T->matmul(t, w, rb, n_out, n_in, x + (size_t)xr * n_in, 1, y1, 1);
+        for (int o = 0; o < n_out; o++)
+            if (y1[o] != y[xr * n_out + o] && bad++ < 3)
+                CHECK_MSG(0, "%s type %d (%d,%d,%d) row %d alone: [%d] %.9g vs %.9g in the batch", T->name, (int)t,
+                          n_out, n_in, n_x, xr, o, y1[o], y[xr * n_out + o]);
+    }
+    CHECK_MSG(bad == 0, "%s type %d (%d,%d,%d): %d mismatches", T->name, (int)t, n_out, n_in, n_x, bad);
+    free(w), free(wf), free(x), free(y), free(yr), free(y1);
+}
+
+static void simd_vs_ref_table(const kiln_kernels *T) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 1234);
+    kiln_wtype types[] = {KILN_WTYPE_F32, KILN_WTYPE_F16, KILN_WTYPE_BF16, KILN_WTYPE_Q8_0, KILN_WTYPE_Q4_0};
+    int n_xs[] = {1, 2, 3, 4, 5, 8, 9, 13, 17, 24};
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(types); ti++) {
+        bool quant = types[ti] == KILN_WTYPE_Q8_0 || types[ti] == KILN_WTYPE_Q4_0;
+        for (int it = 0; it < 14; it++) {
+            int n_out = 1 + (int)(kiln_rng_u64(&r) % 70);
+            int n_in = quant ? 32 * (1 + (int)(kiln_rng_u64(&r) % 90)) : 1 + (int)(kiln_rng_u64(&r) % 300);
+            if (it == 0) n_out = 1, n_in = quant ? 32 : 1;
+            if (it == 1) n_out = 33, n_in = quant ? 32 * 81 : 67; /* > one panel chunk of blocks */
+            check_table_matmul(T, types[ti], n_out, n_in, n_xs[it % KILN_ARRAY_LEN(n_xs)], &r);
+        }
+    }
+    /* dot and axpy over lengths around the vector widths */
+    for (int n = 0; n < 80; n++) {
+        float a[80], b[80], y[80], yr[80];
+        double mag = 0;
+        for (int i = 0; i < n; i++) a[i] = frand(&r), b[i] = frand(&r), y[i] = yr[i] = frand(&r), mag += fabs(a[i] * b[i]);
+        CHECK_NEAR(T->dot(a, b, n), kiln_kernels_ref.dot(a, b, n), 1e-5 * mag + 1e-7);
+        T->axpy(0.75f, a, y, n);
+        kiln_kernels_ref.axpy(0.75f, a, yr, n);
+        for (int i = 0; i < n; i++) CHECK_NEAR(y[i], yr[i], 1e-6);
+    }
+    /* rmsnorm / silu_mul / softmax on odd lengths */
+    for (int n = 1; n < 70; n += 3) {
+        float x[70], o1[70], o2[70], g1[70], g2[70], u[70];
+        for (int i = 0; i < n; i++) x[i] = frand(&r) * 3, u[i] = frand(&r), g1[i] = g2[i] = frand(&r) * 4;
+        T->rmsnorm(x, u, n, 1e-5f, o1);
+        kiln_kernels_ref.rmsnorm(x, u, n, 1e-5f, o2);
+        for (int i = 0; i < n; i++) CHECK_NEAR(o1[i], o2[i], 1e-6);
+        T->silu_mul(g1, u, n);
+        kiln_kernels_ref.silu_mul(g2, u, n);
+        for (int i = 0; i < n; i++) CHECK_NEAR(g1[i], g2[i], 1e-6);
+        memcpy(o1, x, sizeof(float) * (size_t)n), memcpy(o2, x, sizeof(float) * (size_t)n);
+        T->softmax(o1, n);
+        kiln_kernels_ref.softmax(o2, n);
+        for (int i = 0; i < n; i++) CHECK_NEAR(o1[i], o2[i], 1e-6);
+    }
+}
+
+static void simd_vs_ref(void) {
+    const char *names[] = {"avx2", "avx512"};
+    int n_run = 0;
+    for (size_t i = 0; i < KILN_ARRAY_LEN(names); i++) {
+        const kiln_kernels *T = kiln_kernels_find(names[i]);
+        if (!T) {
+            printf("  (%s kernels not supported by this CPU: skipped)\n", names[i]);
+            continue;
+        }
+        simd_vs_ref_table(T);
+        n_run++;
+    }
+    CHECK(n_run >= 0);
+}
+
 static void rmsnorm_def(void) {
     float x[5] = {1, -2, 3, 0.5f, -0.25f}, w[5] = {1, 2, 0.5f, -1, 3}, out[5];
     double ss = 0;
@@ -207,12 +315,16 @@ int main(void) {
     RUN(rope_def);
     RUN(softmax_silu_dot);
     RUN(dispatch);
+    RUN(simd_vs_ref);
     if (kiln_kernels_get() != &kiln_kernels_ref) {
+        /* The chosen table through the same definitions (its matmul: simd_vs_ref). */
         K = kiln_kernels_get();
         RUN(dequant_q8_0);
         RUN(dequant_q4_0);
-        RUN(matmul_all_types);
+        RUN(dequant_half);
+        RUN(rmsnorm_def);
         RUN(rope_def);
+        RUN(softmax_silu_dot);
     }
     return TEST_REPORT("test_kernels");
 }

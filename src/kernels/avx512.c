@@ -1,0 +1,368 @@
+/* avx512.c: kernels for CPUs with AVX-512 F/BW/DQ/VL, VNNI and BF16 (compiled with those flags;
+ * dispatch.c calls into this file only after kiln_kernels_avx512_supported() says yes).
+ * Q8_0 / Q4_0: each activation row is quantized once per matmul to int8 blocks of 32 (scale
+ * amax/127, a float); block dot products are exact int32 (vpdpbusd) and each (row, block) adds
+ * float(int) * (d_w * d_x) with one FMA, blocks in order, so a row's result is bit-identical
+ * whichever path (matrix-vector or panel matrix-matrix) computed it. F32/F16/BF16: f32 FMA.
+ * Reentrant; matmuls run an OpenMP team over output rows; per-thread scratch grows, never shrinks. */
+#include "kernels/kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- per-thread scratch for quantized activations (grown on demand, freed at thread exit) ---- */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void) { KILN_ASSERT(pthread_key_create(&scratch_key, free) == 0); }
+
+typedef struct scratch_hdr {
+    size_t cap;                /* bytes usable after the header */
+    char pad[56];              /* keeps the data 64-byte aligned */
+} scratch_hdr;
+
+/* A thread-private buffer of at least n bytes, valid until this thread's next call. Aborts when
+ * the allocation fails (matmul has no error path; the sizes are those of the activations). */
+static void *scratch_get(size_t n) {
+    pthread_once(&scratch_once, scratch_key_make);
+    scratch_hdr *h = pthread_getspecific(scratch_key);
+    if (h && h->cap >= n) return h + 1;
+    size_t cap = n + n / 4 + 4096;
+    cap = (cap + 63) & ~(size_t)63;
+    KILN_ASSERT(cap > n);
+    free(h);
+    h = aligned_alloc(64, sizeof(scratch_hdr) + cap);
+    KILN_ASSERT(h);
+    h->cap = cap;
+    KILN_ASSERT(pthread_setspecific(scratch_key, h) == 0);
+    return h + 1;
+}
+
+static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+/* ---- activation quantization: x (n,) -> q (n,) int8, d (n/32,) scales, corr (n/32,) ---- */
+
+/* corr[b] = -off * sum(q of block b): the weight quants are stored biased by +off as unsigned
+ * bytes (Q4_0: nibble q, value q - 8; Q8_0: w + 128), so sum((u - off) * a) = sum(u * a) + corr. */
+static void quantize_row(const float *x, int64_t n, int32_t off, int8_t *q, float *d, int32_t *corr) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float id = amax > 0 ? 127.0f / amax : 0.0f;
+        d[b] = amax / 127.0f;
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+        _mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+        corr[b] = -off * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+/* Quantized activations of one matmul: n_x rows of n_in int8, then per-block scales and
+ * corrections (n_x, n_in / 32) each. */
+typedef struct qact {
+    int8_t *q;
+    float *d;
+    int32_t *corr;
+    int64_t nb;                /* blocks per row */
+} qact;
+
+static qact qact_alloc(int64_t n_x, int64_t n_in) {
+    qact a;
+    a.nb = n_in / 32;
+    size_t nq = (size_t)n_x * (size_t)n_in, ns = (size_t)n_x * (size_t)a.nb;
+    size_t nq_al = (nq + 63) & ~(size_t)63;
+    KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
+    char *p = scratch_get(nq_al + ns * 8);
+    a.q = (int8_t *)p;
+    a.d = (float *)(p + nq_al);
+    a.corr = (int32_t *)(p + nq_al + ns * 4);
+    return a;
+}
+
+/* Weight block b of a row as 32 unsigned bytes in element order (value = byte - off). */
+static inline __m256i unpack_block(kiln_wtype t, const uint8_t *row, int64_t b) {
+    if (t == KILN_WTYPE_Q4_0) {
+        const kiln_block_q4_0 *bl = (const kiln_block_q4_0 *)row + b;
+        __m128i x = _mm_loadu_si128((const __m128i *)bl->qs), m = _mm_set1_epi8(0x0f);
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+    }
+    const kiln_block_q8_0 *bl = (const kiln_block_q8_0 *)row + b;
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)bl->qs), _mm256_set1_epi8((char)0x80));
+}
+
+static inline uint16_t block_d(kiln_wtype t, const uint8_t *row, int64_t b) {
+    return t == KILN_WTYPE_Q4_0 ? ((const kiln_block_q4_0 *)row + b)->d : ((const kiln_block_q8_0 *)row + b)->d;
+}
+
+/* ---- matrix-vector: 8 weight rows at a time, up to 4 activation rows per pass ---- */
+
+/* Lane i of the result = sum of the 8 int32 lanes of s[i]. */
+static inline __m256i hsum8x8(const __m256i s[8]) {
+    __m256i t0 = _mm256_hadd_epi32(s[0], s[1]), t1 = _mm256_hadd_epi32(s[2], s[3]);
+    __m256i t2 = _mm256_hadd_epi32(s[4], s[5]), t3 = _mm256_hadd_epi32(s[6], s[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+#define DW_CHUNK 64 /* blocks whose weight scales are converted at a time */
+
+/* Rows [o0, o0 + 8) (clamped to n_out) against activation rows [c0, c0 + nc), nc <= 4. */
+static inline void q_gemv8(kiln_wtype t, const uint8_t *w, size_t row_bytes, int64_t n_out, int64_t o0,
+                           const qact *a, int64_t c0, int nc, float *y) {
+    const uint8_t *rp[8];
+    for (int i = 0; i < 8; i++) rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float dwf[DW_CHUNK][8];
+    for (int64_t b0 = 0; b0 < a->nb; b0 += DW_CHUNK) {
+        int64_t nbk = KILN_MIN(DW_CHUNK, a->nb - b0);
+        for (int64_t j = 0; j < nbk; j++)
+            for (int i = 0; i < 8; i++) dwf[j][i] = f16(block_d(t, rp[i], b0 + j));
+        for (int64_t j = 0; j < nbk; j++) {
+            int64_t b = b0 + j;
+            __m256i wv[8];
+            for (int i = 0; i < 8; i++) wv[i] = unpack_block(t, rp[i], b);
+            __m256 dw = _mm256_loadu_ps(dwf[j]);
+            for (int c = 0; c < nc; c++) {
+                int64_t r = c0 + c;
+                __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + r * a->nb * 32 + b * 32));
+                __m256i s[8];
+                for (int i = 0; i < 8; i++) s[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[i], av);
+                __m256i v = _mm256_add_epi32(hsum8x8(s), _mm256_set1_epi32(a->corr[r * a->nb + b]));
+                __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[r * a->nb + b]));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[c]);
+            }
+        }
+    }
+    __mmask8 m = (__mmask8)((1u << KILN_MIN(8, n_out - o0)) - 1);
+    for (int c = 0; c < nc; c++) _mm256_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
+}
+
+/* ---- matrix-matrix: panels of 16 weight rows unpacked once per KB blocks ---- */
+
+#define PANEL 16
+#define KB 16 /* blocks per panel chunk: 16 rows x 512 bytes of unpacked quants */
+
+/* Panel layout: pw[j][qd][r] = bytes 4qd..4qd+3 of block b0 + j of row o0 + r (u8, biased),
+ * pd[j][r] = the row's f32 scale of that block. */
+static void pack_panel(kiln_wtype t, const uint8_t *w, size_t row_bytes, int64_t n_out, int64_t o0, int64_t b0,
+                       int64_t nbk, uint32_t *pw, float *pd) {
+    uint32_t tmp[PANEL][8];
+    const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+    for (int64_t j = 0; j < nbk; j++) {
+        for (int r = 0; r < PANEL; r++) {
+            const uint8_t *row = w + (size_t)KILN_MIN(o0 + r, n_out - 1) * row_bytes;
+            _mm256_storeu_si256((__m256i *)tmp[r], unpack_block(t, row, b0 + j));
+            pd[j * PANEL + r] = f16(block_d(t, row, b0 + j));
+        }
+        for (int qd = 0; qd < 8; qd++)
+            _mm512_storeu_si512(pw + (j * 8 + qd) * PANEL,
+                                _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(qd)), tmp, 4));
+    }
+}
+
+/* y rows [c0, c0 + C) x panel columns [o0, o0 + 16) (mask m) += panel chunk . activations. */
+static inline __attribute__((always_inline)) void q_kernel(int C, const uint32_t *pw, const float *pd, int64_t b0,
+                                                           int64_t nbk, const qact *a, int64_t c0, bool first,
+                                                           float *y, int64_t n_out, int64_t o0, __mmask16 m) {
+    __m512 acc[8];
+    for (int c = 0; c < C; c++)
+        acc[c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (c0 + c) * n_out + o0);
+    for (int64_t j = 0; j < nbk; j++) {
+        int64_t b = b0 + j;
+        __m512i wv[8];
+        for (int qd = 0; qd < 8; qd++) wv[qd] = _mm512_loadu_si512(pw + (j * 8 + qd) * PANEL);
+        __m512 dw = _mm512_loadu_ps(pd + j * PANEL);
+        for (int c = 0; c < C; c++) {
+            int64_t r = c0 + c;
+            const int32_t *aq = (const int32_t *)(a->q + (r * a->nb + b) * 32);
+            __m512i s = _mm512_set1_epi32(a->corr[r * a->nb + b]);
+            for (int qd = 0; qd < 8; qd++) s = _mm512_dpbusd_epi32(s, wv[qd], _mm512_set1_epi32(aq[qd]));
+            __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * a->nb + b]));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
+}
+
+#define GEMM_ROWS 8 /* activation rows per kernel call */
+
+static void q_panel(const uint32_t *pw, const float *pd, int64_t b0, int64_t nbk, const qact *a, int64_t n_x,
+                    bool first, float *y, int64_t n_out, int64_t o0) {
+    __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o0)) - 1);
+    int64_t c0 = 0;
+    for (; c0 + GEMM_ROWS <= n_x; c0 += GEMM_ROWS) q_kernel(8, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m);
+    switch (n_x - c0) {
+    case 7: q_kernel(7, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 6: q_kernel(6, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 5: q_kernel(5, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 4: q_kernel(4, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 3: q_kernel(3, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 2: q_kernel(2, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    case 1: q_kernel(1, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
+    default: break;
+    }
+}
+
+/* Activation rows from which the panel path pays for its unpacking. */
+#define GEMM_MIN_ROWS 4
+
+static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
+                     int64_t n_x, float *y, int nt, bool par) {
+    KILN_ASSERT(n_in % 32 == 0);
+    const int32_t off = t == KILN_WTYPE_Q4_0 ? 8 : 128;
+    qact a = qact_alloc(n_x, n_in);
+    const bool gemm = n_x >= GEMM_MIN_ROWS;
+    const int64_t n_groups = gemm ? (n_out + PANEL - 1) / PANEL : (n_out + 7) / 8;
+#pragma omp parallel num_threads(nt) if (par)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_x; r++)
+            quantize_row(x + r * n_in, n_in, off, a.q + r * n_in, a.d + r * a.nb, a.corr + r * a.nb);
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < n_groups; g++) {
+            if (!gemm) {
+                for (int64_t c0 = 0; c0 < n_x; c0 += 4)
+                    q_gemv8(t, w, row_bytes, n_out, g * 8, &a, c0, (int)KILN_MIN(4, n_x - c0), y);
+                continue;
+            }
+            _Alignas(64) uint32_t pw[KB * 8 * PANEL];
+            _Alignas(64) float pd[KB * PANEL];
+            for (int64_t b0 = 0; b0 < a.nb; b0 += KB) {
+                int64_t nbk = KILN_MIN(KB, a.nb - b0);
+                pack_panel(t, w, row_bytes, n_out, g * PANEL, b0, nbk, pw, pd);
+                q_panel(pw, pd, b0, nbk, &a, n_x, b0 == 0, y, n_out, g * PANEL);
+            }
+        }
+    }
+}
+
+/* ---- F32 / F16 / BF16: f32 FMA over 4 weight rows x up to 4 activation rows ---- */
+
+static inline __m512 load_w(kiln_wtype t, const void *row, int64_t k, __mmask16 m) {
+    if (t == KILN_WTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
+    if (t == KILN_WTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, const uint8_t *const rp[4],
+                                                           const float *x, int64_t n_in, int64_t c0, float *y,
+                                                           int64_t n_out, int64_t o0) {
+    __m512 acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int c = 0; c < C; c++) acc[i][c] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n_in; k += 16) {
+        __mmask16 m = n_in - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_in - k)) - 1);
+        __m512 wv[4];
+        for (int i = 0; i < 4; i++) wv[i] = load_w(t, rp[i], k, m);
+        for (int c = 0; c < C; c++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + (c0 + c) * n_in + k);
+            for (int i = 0; i < 4; i++) acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
+        }
+    }
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = _mm512_reduce_add_ps(acc[i][c]);
+}
+
+static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const void *w, size_t row_bytes,
+                                                         int64_t n_out, int64_t n_in, const float *x, int64_t n_x,
+                                                         float *y, int64_t o0) {
+    const uint8_t *rp[4];
+    for (int i = 0; i < 4; i++) rp[i] = (const uint8_t *)w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
+    int64_t c0 = 0;
+    for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, x, n_in, c0, y, n_out, o0);
+    switch (n_x - c0) {
+    case 3: f_kernel(t, 3, rp, x, n_in, c0, y, n_out, o0); break;
+    case 2: f_kernel(t, 2, rp, x, n_in, c0, y, n_out, o0); break;
+    case 1: f_kernel(t, 1, rp, x, n_in, c0, y, n_out, o0); break;
+    default: break;
+    }
+}
+
+static void f_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
+                     int64_t n_x, float *y, int nt, bool par) {
+    const int64_t n_groups = (n_out + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(nt) if (par)
+    for (int64_t g = 0; g < n_groups; g++) {
+        switch (t) {
+        case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
+        case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
+        default: f_rows(KILN_WTYPE_BF16, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
+        }
+    }
+}
+
+static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
+                          const float *x, int64_t n_x, float *y, int n_threads) {
+    if (kiln_kquant_handles(t)) {
+        kiln_kquant_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, n_threads);
+        return;
+    }
+    if (n_out <= 0 || n_x <= 0) return;
+    int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+    /* Small products run on the calling thread: waking the team costs more than they do. */
+    bool par = (double)n_out * (double)n_in * (double)n_x >= 65536.0;
+    switch (t) {
+    case KILN_WTYPE_Q8_0:
+    case KILN_WTYPE_Q4_0: q_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt, par); break;
+    case KILN_WTYPE_F32:
+    case KILN_WTYPE_F16:
+    case KILN_WTYPE_BF16: f_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt, par); break;
+    default: KILN_ASSERT(!"unsupported weight type");
+    }
+}
+
+/* ---- vector helpers (attention inner loops) ---- */
+
+static float avx512_dot(const float *a, const float *b, int64_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void avx512_axpy(float a, const float *x, float *y, int64_t n) {
+    __m512 av = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+/* The remaining ops are a small share of the time: the reference versions. */
+static void avx512_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n) {
+    kiln_kernels_ref.dequant_row(t, src, dst, n);
+}
+static void avx512_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *out) {
+    kiln_kernels_ref.rmsnorm(x, w, n, eps, out);
+}
+static void avx512_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pos, float theta_base,
+                        const float *freq_factors, int rope_type) {
+    kiln_kernels_ref.rope(x, n_heads, head_dim, n_rot, pos, theta_base, freq_factors, rope_type);
+}
+static void avx512_silu_mul(float *g, const float *u, int64_t n) { kiln_kernels_ref.silu_mul(g, u, n); }
+static void avx512_softmax(float *x, int64_t n) { kiln_kernels_ref.softmax(x, n); }
+
+const kiln_kernels kiln_kernels_avx512 = {
+    .name = "avx512",
+    .dequant_row = avx512_dequant_row,
+    .matmul = avx512_matmul,
+    .rmsnorm = avx512_rmsnorm,
+    .rope = avx512_rope,
+    .silu_mul = avx512_silu_mul,
+    .softmax = avx512_softmax,
+    .dot = avx512_dot,
+    .axpy = avx512_axpy,
+};
