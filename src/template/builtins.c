@@ -129,6 +129,10 @@ static tval mklist(tlist *l) {
     return v;
 }
 
+static bool tl_reversible_err(tval v) {
+    return !(v.t == TV_STR || v.t == TV_DICT || v.t == TV_UNDEF || (v.t == TV_LIST && (!v.l->iter_type || !tl_is_generator(v.l))));
+}
+
 static tval mkiter(tlist *l, const char *iter_type) {
     l->iter_type = iter_type;
     return mklist(l);
@@ -847,17 +851,26 @@ kiln_err bi_test(rstate *st, int line, const char *name, tval v, call_args *ca, 
         }
         *out = str_all_case(v, name[0] == 'u');
     } else if (!strcmp(name, "odd") || !strcmp(name, "even") || !strcmp(name, "divisibleby")) {
-        int64_t d = 2;
-        if (name[0] == 'd') {
-            if (!arg(ca, 0, "num", &b)) return rt_error(st, line, KILN_ERR_INVALID, "divisibleby() missing argument");
-            if (b.t != TV_INT) return rt_error(st, line, KILN_ERR_INVALID, "unsupported operand type(s) for %%");
-            d = b.i;
-            if (!d) return rt_error(st, line, KILN_ERR_INVALID, "integer modulo by zero");
+        tval dv = tv_int(2);
+        if (name[0] == 'd' && !arg(ca, 0, "num", &dv)) return rt_error(st, line, KILN_ERR_INVALID, "divisibleby() missing 1 required positional argument: 'num'");
+        if (v.t == TV_UNDEF) return rt_undef_error(st, line, v);
+        if (v.t == TV_STR) return rt_error(st, line, KILN_ERR_INVALID, "not all arguments converted during string formatting");
+        bool vnum = v.t == TV_INT || v.t == TV_BOOL || v.t == TV_FLOAT, dnum = dv.t == TV_INT || dv.t == TV_BOOL || dv.t == TV_FLOAT;
+        if (!vnum || !dnum)
+            return rt_error(st, line, KILN_ERR_INVALID, "unsupported operand type(s) for %%: '%s' and '%s'", tv_type_name(v), tv_type_name(dv));
+        if (v.t == TV_FLOAT || dv.t == TV_FLOAT) {
+            double x = v.t == TV_FLOAT ? v.f : v.t == TV_INT ? (double)v.i : v.b, y = dv.t == TV_FLOAT ? dv.f : dv.t == TV_INT ? (double)dv.i : dv.b;
+            if (y == 0) return rt_error(st, line, KILN_ERR_INVALID, "float modulo");
+            double m = fmod(x, y);
+            if (m != 0 && ((m < 0) != (y < 0))) m += y;
+            *out = name[0] == 'o' ? m == 1 : m == 0;
+            return KILN_OK;
         }
-        if (v.t != TV_INT && v.t != TV_BOOL) return rt_error(st, line, KILN_ERR_INVALID, "not all arguments converted during string formatting");
-        int64_t x = v.t == TV_INT ? v.i : v.b, m = x % d;
+        int64_t x = v.t == TV_INT ? v.i : v.b, d = dv.t == TV_INT ? dv.i : dv.b;
+        if (!d) return rt_error(st, line, KILN_ERR_INVALID, "integer modulo by zero");
+        int64_t m = d == -1 ? 0 : x % d;
         if (m && ((m < 0) != (d < 0))) m += d;
-        *out = name[0] == 'o' ? m != 0 : m == 0;
+        *out = name[0] == 'o' ? m == 1 : m == 0;
     } else if (!strcmp(name, "sameas")) {
         if (!arg(ca, 0, "other", &b)) return rt_error(st, line, KILN_ERR_INVALID, "sameas() missing argument");
         *out = v.t == b.t && (v.t == TV_NONE || v.t == TV_UNDEF || (v.t == TV_BOOL && v.b == b.b) ||
@@ -1201,6 +1214,8 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
     }
     if (!strcmp(name, "first") || !strcmp(name, "last")) {
         tlist *items;
+        if (name[0] == 'l' && (tl_reversible_err(v)))
+            return rt_error(st, line, KILN_ERR_INVALID, "'%s' object is not reversible", tv_type_name(v));
         if ((err = rt_iter_list(st, line, v, &items))) return err;
         if (!items->n) {
             *out = rt_undef(st, UNDEF_HINT, NULL, tv_undef(), name[0] == 'f' ? "No first item, sequence was empty." : "No last item, sequence was empty.");
@@ -1224,6 +1239,7 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
             return KILN_OK;
         }
         tlist *items;
+        if (v.t != TV_LIST && v.t != TV_DICT && v.t != TV_UNDEF) return rt_error(st, line, KILN_ERR_INVALID, "argument must be iterable");
         if ((err = rt_iter_list(st, line, v, &items))) return err;
         tlist *l = tl_new(A(st), items->n);
         if (!l) return rt_nomem(st, line);
@@ -1232,6 +1248,7 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         return KILN_OK;
     }
     if (!strcmp(name, "dictsort")) {
+        if (v.t == TV_UNDEF) return rt_undef_error(st, line, v);
         if (v.t != TV_DICT) return rt_error(st, line, KILN_ERR_INVALID, "'%s' object has no attribute 'items'", tv_type_name(v));
         bool cs = tv_truthy(arg_or(ca, 0, "case_sensitive", tv_bool(false)));
         tval by = arg_or(ca, 1, "by", tv_cstr("key"));
@@ -1333,6 +1350,8 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         return KILN_OK;
     }
     if (!strcmp(name, "indent")) {
+        if (v.t == TV_UNDEF) return rt_undef_error(st, line, v);
+        if (v.t != TV_STR) return rt_error(st, line, KILN_ERR_INVALID, "unsupported operand type(s) for +=: '%s' and 'str'", tv_type_name(v));
         if ((err = do_indent(st, line, v, ca, out))) return err;
         out->safe = v.t == TV_STR && v.safe;
         return KILN_OK;
@@ -1389,6 +1408,11 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         tval prec = arg_or(ca, 0, "precision", tv_int(0)), method = arg_or(ca, 1, "method", tv_cstr("common"));
         if (v.t != TV_INT && v.t != TV_FLOAT && v.t != TV_BOOL) return rt_error(st, line, KILN_ERR_INVALID, "type %s doesn't define __round__ method", tv_type_name(v));
         double x = v.t == TV_FLOAT ? v.f : v.t == TV_INT ? (double)v.i : v.b;
+        bool common = !(method.t == TV_STR && ((method.s.n == 5 && !memcmp(method.s.p, "floor", 5)) || (method.s.n == 4 && !memcmp(method.s.p, "ceil", 4))));
+        if (common && v.t != TV_FLOAT && prec.t == TV_INT && prec.i >= 0) {
+            *out = tv_int(v.t == TV_INT ? v.i : v.b); /* Python: round(int, n) is the int */
+            return KILN_OK;
+        }
         int p = prec.t == TV_INT ? (int)KILN_MAX(-20, KILN_MIN(prec.i, 20)) : 0;
         double m = pow(10, p);
         if (method.t == TV_STR && method.s.n == 5 && !memcmp(method.s.p, "floor", 5)) x = floor(x * m) / m;

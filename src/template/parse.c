@@ -314,7 +314,7 @@ static kiln_err lex(lexer *lx) {
             if (j + 3 <= lx->n && !strncmp(s + j, "raw", 3)) {
                 j += 3;
                 while (j < lx->n && is_ws(s[j])) j++;
-                if (j < lx->n && (s[j] == '-' || s[j] == '+')) j++;
+                if (j < lx->n && s[j] == '-') j++; /* jinja2: only `-%}` or `%}` end a raw tag */
                 if (j + 2 <= lx->n && !strncmp(s + j, "%}", 2)) {
                     raw = true;
                     raw_body = j + 2;

@@ -339,10 +339,8 @@ static kiln_err eval_slice(rstate *st, scope *sc, tval obj, const node *s, tval 
     if (v[2].t == TV_INT && v[2].i == 0) return rt_error(st, s->line, KILN_ERR_INVALID, "slice step cannot be zero");
     if (obj.t == TV_UNDEF) return rt_undef_error(st, s->line, obj);
     int64_t b, e, step;
-    if (obj.t == TV_LIST && obj.l->iter_type) {
-        *out = rt_undef(st, UNDEF_HINT, NULL, tv_undef(), "'generator' object is not subscriptable");
-        return KILN_OK;
-    }
+    if (obj.t == TV_LIST && obj.l->iter_type)
+        return rt_error(st, s->line, KILN_ERR_INVALID, "'%s' object is not subscriptable", obj.l->iter_type);
     if (obj.t == TV_LIST) {
         slice_indices((int64_t)obj.l->n, v[0], v[1], v[2], &b, &e, &step);
         tlist *l = tl_new(&st->a, 0);
@@ -373,6 +371,8 @@ static kiln_err eval_slice(rstate *st, scope *sc, tval obj, const node *s, tval 
         *out = sb_val(&sb);
         return KILN_OK;
     }
+    /* jinja2 compiles a slice to a plain Python subscript: the TypeError propagates */
+    if (obj.t == TV_DICT) return rt_error(st, s->line, KILN_ERR_INVALID, "unhashable type: 'slice'");
     return rt_error(st, s->line, KILN_ERR_INVALID, "'%s' object is not subscriptable", tv_type_name(obj));
 }
 
@@ -474,7 +474,9 @@ kiln_err rt_str_format(rstate *st, int line, tval fmt, tval args, tval *out) {
             return rt_error(st, line, KILN_ERR_INVALID, "unsupported format character '%c'", conv);
         }
     }
-    if (k < n_av) return rt_error(st, line, KILN_ERR_INVALID, "not all arguments converted during string formatting");
+    /* Python skips this check when the argument is a mapping-like object (list, dict) */
+    bool mapping_like = args.t == TV_DICT || (args.t == TV_LIST && !args.l->tuple);
+    if (k < n_av && !mapping_like) return rt_error(st, line, KILN_ERR_INVALID, "not all arguments converted during string formatting");
     *out = sb_val(&b);
     return KILN_OK;
 }
@@ -654,9 +656,18 @@ static kiln_err compare_v(rstate *st, int line, binop op, tval a, tval b, bool *
     if (b.t == TV_UNDEF) return rt_undef_error(st, line, b);
     bool ok;
     int c = tv_compare(a, b, &ok);
-    if (!ok)
+    if (!ok) {
+        /* Python compares sequences at their first unequal items: name those */
+        for (int guard = 0; guard < 256 && a.t == TV_LIST && b.t == TV_LIST && a.l->tuple == b.l->tuple; guard++) {
+            size_t i = 0;
+            while (i < a.l->n && i < b.l->n && tv_equal(a.l->items[i], b.l->items[i])) i++;
+            if (i >= a.l->n || i >= b.l->n) break;
+            a = a.l->items[i];
+            b = b.l->items[i];
+        }
         return rt_error(st, line, KILN_ERR_INVALID, "'%s' not supported between instances of '%s' and '%s'", names[op],
                         tv_type_name(a), tv_type_name(b));
+    }
     switch (op) {
     case OP_LT: *out = c < 0; break;
     case OP_LE: *out = c <= 0; break;

@@ -312,7 +312,7 @@ const char *tv_type_name(tval v) {
     case TV_BOOL: return "bool";
     case TV_INT: return "int";
     case TV_FLOAT: return "float";
-    case TV_STR: return "str";
+    case TV_STR: return v.safe ? "Markup" : "str";
     case TV_LIST: return v.l->iter_type ? v.l->iter_type : v.l->tuple ? "tuple" : "list";
     case TV_DICT: return "dict";
     case TV_NS: return "Namespace";
@@ -433,7 +433,7 @@ static bool to_str_d(sbuf *b, tval v, bool is_repr, int depth) {
         return false;
     }
     switch (v.t) {
-    case TV_UNDEF: return true;
+    case TV_UNDEF: return !is_repr || sb_adds(b, "Undefined");
     case TV_NONE: return sb_adds(b, "None");
     case TV_BOOL: return sb_adds(b, v.b ? "True" : "False");
     case TV_INT: return sb_printf(b, "%lld", (long long)v.i);

@@ -14,6 +14,7 @@ usage: /usr/bin/python3 template_ref.py TEMPLATES_DIR OUT
 import datetime
 import json
 import os
+import random
 import sys
 
 import jinja2
@@ -298,6 +299,46 @@ SNIPPETS = [
 ]
 
 
+def whitespace_templates(seed, n):
+    """Random nests of text, if/for/set/macro/raw tags, comments and prints with every mix of
+    `-`/`+` markers and surrounding whitespace (\\n, \\r\\n, \\r, tabs): the lexer's whitespace
+    rules, checked against jinja2 on a fixed seed."""
+    rng = random.Random(seed)
+    pieces = ["", " ", "  ", "\n", "\n\n", " \n", "\n ", "\t", " \t\n  ", "\r\n", "text", "a b",
+              "\n  indent", "\r"]
+
+    def ws():
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 3)))
+
+    def sign():
+        return rng.choice(["", "", "-", "+"])
+
+    def tag(inner):
+        return "{%" + sign() + " " + inner + " " + sign() + "%}"
+
+    def node(d):
+        r = rng.random()
+        if d > 2 or r < 0.3:
+            return ws() + rng.choice(["X", "{{" + rng.choice(["", "-"]) + " n " + rng.choice(["", "-"]) + "}}",
+                                      "{#" + sign() + " c " + sign() + "#}", ""]) + ws()
+        if r < 0.55:
+            return (tag("if " + rng.choice(["b", "none"])) + body(d) +
+                    (tag("else") + body(d) if rng.random() < 0.4 else "") + tag("endif"))
+        if r < 0.75:
+            return tag("for x in l") + body(d) + tag("endfor")
+        if r < 0.85:
+            return tag("set y = 1")
+        if r < 0.9:
+            return ("{%" + sign() + " raw " + rng.choice(["", "-"]) + "%}" + ws() + "{{ r }}" + ws() +
+                    "{%" + sign() + " endraw " + sign() + "%}")
+        return tag("macro m()") + body(d) + tag("endmacro") + ws() + "{{ m() }}"
+
+    def body(d):
+        return "".join(node(d + 1) for _ in range(rng.randint(1, 3)))
+
+    return [ws() + body(0) + ws() for _ in range(n)]
+
+
 def error_message(e):
     msg = getattr(e, "message", None)
     if msg is None:
@@ -318,8 +359,8 @@ def main():
     os.makedirs(sexp, exist_ok=True)
     with open(os.path.join(out, "contexts", "snippet.json"), "w", encoding="utf-8") as f:
         json.dump(SNIPPET_CONTEXT, f, ensure_ascii=False)
-    for i, src in enumerate(SNIPPETS):
-        name = "s%03d" % i
+    generated = [("w%03d" % i, src) for i, src in enumerate(whitespace_templates(2024, 250))]
+    for name, src in [("s%03d" % i, src) for i, src in enumerate(SNIPPETS)] + generated:
         with open(os.path.join(sdir, name + ".jinja"), "w", encoding="utf-8", newline="") as f:
             f.write(src)
         try:
