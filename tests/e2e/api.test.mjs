@@ -322,3 +322,21 @@ test('/tokenize and /detokenize round trip', async () => {
   assert.equal(d.status, 200);
   assert.equal(d.json.prompt, PROMPT);
 });
+
+test('echo with logprobs: prompt tokens first, the first one without a logprob', async () => {
+  const r = await ai.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 5, temperature: 0, echo: true, logprobs: 2 });
+  const lp = r.choices[0].logprobs;
+  assert.equal(lp.tokens.length, 5 + 5); // BOS + 4 prompt tokens, then 5 generated
+  assert.equal(lp.tokens[1], ' Once');
+  assert.equal(lp.token_logprobs[0], null);
+  assert.equal(lp.top_logprobs[0], null);
+  for (let i = 1; i < 10; i++) {
+    assert.equal(typeof lp.token_logprobs[i], 'number');
+    assert.ok(lp.token_logprobs[i] <= 0);
+    assert.ok(Object.keys(lp.top_logprobs[i]).length >= 1);
+  }
+  assert.ok(r.choices[0].text.startsWith(PROMPT));
+  const plain = await ai.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 5, temperature: 0, logprobs: 2 });
+  assert.deepEqual(lp.tokens.slice(5), plain.choices[0].logprobs.tokens);
+  assert.deepEqual(lp.token_logprobs.slice(5), plain.choices[0].logprobs.token_logprobs);
+});

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # e2e.sh: the real server end to end. Starts `kiln serve` on 127.0.0.1 (a free port) with the
-# real stories260K model twice: a main server (API key, small body limit) and a "tight" one
-# (--max-num-seqs 1 --max-queued-requests 1, for queueing, 503 and cancel-while-queued), then
+# real stories260K model three times: a main server (API key, small body limit), a "tight" one
+# (--max-num-seqs 1 --max-queued-requests 1, for queueing, 503 and cancel-while-queued) and one
+# with --chat-template (a real model's template), --max-num-seqs 1 and --request-timeout 2, then
 # runs tests/e2e/*.test.mjs with the official `openai` npm package under `node --test`. Then the
 # error-path tests once more against the ASan/UBSan binary, whose log must stay clean.
 # Prints the node TAP output, then "N passed, N failed".
@@ -87,9 +88,19 @@ if ! start_server "$logs/server-tight.log" "$bin" "${common[@]}" --api-key "$key
     exit 1
 fi
 tight_port=$srv_port
+tmpl=$td/templates/Qwen-Qwen2.5-7B-Instruct.jinja
+if ! start_server "$logs/server-t2.log" "$bin" "${common[@]}" --api-key "$key" \
+        --max-num-seqs 1 --request-timeout 2 --chat-template "$tmpl"; then
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+t2_port=$srv_port
 
 export KILN_URL="http://127.0.0.1:$main_port"
 export KILN_URL_TIGHT="http://127.0.0.1:$tight_port"
+export KILN_URL_T2="http://127.0.0.1:$t2_port"
+export KILN_TEMPLATE_FILE="$tmpl"
+export PYTHON=${PYTHON:-/usr/bin/python3}
 export KILN_API_KEY="$key"
 export KILN_MODEL_NAME=stories260K
 export KILN_MODEL="$model"
