@@ -13,7 +13,8 @@ static void usage(FILE *f) {
                "  tokenize   print the token ids of stdin\n"
                "  detokenize print the text of the token ids on stdin\n"
                "  eval       dump the logits of a token id sequence (tests)\n"
-               "  template   render a chat template with a JSON context\n");
+               "  template   render a chat template with a JSON context\n"
+               "  bench      engine throughput: prompt and batched generation tokens/s\n");
 }
 
 int main(int argc, char **argv) {
@@ -27,6 +28,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "eval")) return kiln_cmd_eval(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve")) return kiln_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "template")) return kiln_cmd_template(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench")) return kiln_cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 1;

@@ -1,0 +1,490 @@
+/* cmd_bench.c: `kiln bench -m MODEL [-p 512] [-n 128] [-b 1,4,16] [-t THREADS] [--reps 3] [--json]
+ * [--roofline]`: engine throughput without the server, like llama-bench. pp: one sequence of p
+ * random tokens prefilled in batches of --ubatch rows (default p: one batch), logits of the last
+ * row only. tg at batch b: b sequences decode n tokens together from an empty cache, one forward of
+ * b rows per step, logits for every row; tok/s is the aggregate (b * n / time). Each figure is run
+ * --reps times after a warm-up (weights paged in) and reported as median and best (min time).
+ * --roofline measures the machine's streaming read bandwidth (every thread, a buffer far larger
+ * than the caches) and FP32 FMA peak, and gives each tg figure as a fraction of the bandwidth
+ * ceiling (weight + KV bytes read per step / step time) and pp as a fraction of the FMA peak.
+ * Runs on the calling thread; the model's compute team does the work. */
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "cmd/cmd.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+#include <stdint.h>
+
+#define MAX_BATCHES 16
+#define MAX_REPS 100
+
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: kiln bench -m MODEL [-p 512] [-n 128] [-b 1,4,16] [-t THREADS] [--reps 3]\n"
+               "                  [--ubatch U] [--json] [--roofline]\n"
+               "  -p N        prompt tokens for pp (0: skip)        -n N   tokens decoded per sequence for tg (0: skip)\n"
+               "  -b LIST     tg batch sizes (sequences decoding together, up to 16 values)\n"
+               "  -t N        compute threads (default: physical cores)\n"
+               "  --ubatch U  rows per prefill forward (default: p, one batch)\n"
+               "  --roofline  measure memory bandwidth and FMA peak; show each figure as a fraction\n");
+}
+
+typedef struct result {
+    char name[32];
+    int n_tokens;        /* tokens per run */
+    int batch;           /* sequences (tg) or 1 (pp) */
+    double secs[MAX_REPS];
+    int n_reps;
+    double best_tps, median_tps;
+    double bytes_per_step; /* tg: weights + KV read per forward */
+    double flops_per_run;  /* pp */
+} result;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void summarize(result *r) {
+    double s[MAX_REPS];
+    memcpy(s, r->secs, sizeof(double) * (size_t)r->n_reps);
+    qsort(s, (size_t)r->n_reps, sizeof(double), cmp_double);
+    double med = r->n_reps % 2 ? s[r->n_reps / 2] : 0.5 * (s[r->n_reps / 2 - 1] + s[r->n_reps / 2]);
+    r->best_tps = r->n_tokens / s[0];
+    r->median_tps = r->n_tokens / med;
+}
+
+/* ---- machine ceilings ---- */
+
+/* Sum of the 64-bit words [lo, hi) (the value only keeps the loads alive). */
+static uint64_t sum_words(const uint64_t *p, size_t lo, size_t hi) {
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    size_t i = lo;
+    for (; i + 4 <= hi; i += 4) a0 += p[i], a1 += p[i + 1], a2 += p[i + 2], a3 += p[i + 3];
+    for (; i < hi; i++) a0 += p[i];
+    return a0 + a1 + a2 + a3;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_BENCH 1
+/* The same with 256-bit loads, four independent accumulators (lo, hi multiples of 16 words). */
+__attribute__((target("avx2"))) static uint64_t sum_words_avx2(const uint64_t *p, size_t lo, size_t hi) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = lo; i < hi; i += 16) {
+        a0 = _mm256_add_epi64(a0, _mm256_load_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_load_si256((const __m256i *)(p + i + 4)));
+        a2 = _mm256_add_epi64(a2, _mm256_load_si256((const __m256i *)(p + i + 8)));
+        a3 = _mm256_add_epi64(a3, _mm256_load_si256((const __m256i *)(p + i + 12)));
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t o[4];
+    _mm256_storeu_si256((__m256i *)o, a0);
+    return o[0] + o[1] + o[2] + o[3];
+}
+
+/* 12 independent FMA chains of 8 floats (two FMA pipes x latency 4 need 8): iters * 12 * 16 flops. */
+__attribute__((target("avx2,fma"))) static float fma_loop(long iters, float seed) {
+    __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
+    __m256 c0 = _mm256_set1_ps(seed), c1 = _mm256_add_ps(c0, a), c2 = _mm256_add_ps(c1, a), c3 = _mm256_add_ps(c2, a);
+    __m256 c4 = _mm256_add_ps(c3, a), c5 = _mm256_add_ps(c4, a), c6 = _mm256_add_ps(c5, a), c7 = _mm256_add_ps(c6, a);
+    __m256 c8 = _mm256_add_ps(c7, a), c9 = _mm256_add_ps(c8, a), c10 = _mm256_add_ps(c9, a), c11 = _mm256_add_ps(c10, a);
+    for (long i = 0; i < iters; i++) {
+        c0 = _mm256_fmadd_ps(c0, m, a), c1 = _mm256_fmadd_ps(c1, m, a), c2 = _mm256_fmadd_ps(c2, m, a);
+        c3 = _mm256_fmadd_ps(c3, m, a), c4 = _mm256_fmadd_ps(c4, m, a), c5 = _mm256_fmadd_ps(c5, m, a);
+        c6 = _mm256_fmadd_ps(c6, m, a), c7 = _mm256_fmadd_ps(c7, m, a), c8 = _mm256_fmadd_ps(c8, m, a);
+        c9 = _mm256_fmadd_ps(c9, m, a), c10 = _mm256_fmadd_ps(c10, m, a), c11 = _mm256_fmadd_ps(c11, m, a);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                             _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+#endif
+
+/* Best of several passes of a streaming read over `bytes` (each thread reads its own slice of a
+ * buffer written first, so its pages are mapped); bytes per second. */
+static double measure_bandwidth(int nt, size_t bytes) {
+    uint64_t *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED) return 0;
+    size_t n = bytes / sizeof(uint64_t);
+    bool avx2 = false;
+#ifdef HAVE_AVX2_BENCH
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2");
+#endif
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t i = 0; i < n; i++) buf[i] = i;
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int pass = 0; pass < 5; pass++) {
+        uint64_t total = 0;
+        double t0 = kiln_now_s();
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+        {
+            size_t id = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
+            size_t per = n / k / 16 * 16, lo = per * id, hi = id == k - 1 ? n / 16 * 16 : per * (id + 1);
+#ifdef HAVE_AVX2_BENCH
+            if (avx2) total += sum_words_avx2(buf, lo, hi);
+            else
+#endif
+                total += sum_words(buf, lo, hi);
+        }
+        double dt = kiln_now_s() - t0;
+        sink += total;
+        if ((double)(n / 16 * 16) * 8 / dt > best) best = (double)(n / 16 * 16) * 8 / dt;
+    }
+    (void)sink;
+    munmap(buf, bytes);
+    return best;
+}
+
+/* FP32 FMA FLOP/s with every thread (0 when the CPU has no AVX2+FMA). */
+static double measure_fma_peak(int nt) {
+#ifdef HAVE_AVX2_BENCH
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
+    const long iters = 10 * 1000 * 1000;
+    double best = 0;
+    volatile float sink = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        float s = 0;
+        double t0 = kiln_now_s();
+#pragma omp parallel num_threads(nt) reduction(+ : s)
+        s += fma_loop(iters, (float)omp_get_thread_num());
+        double dt = kiln_now_s() - t0;
+        sink += s;
+        double f = (double)iters * 12 * 16 * nt / dt;
+        if (f > best) best = f;
+    }
+    (void)sink;
+    return best;
+#else
+    (void)nt;
+    return 0;
+#endif
+}
+
+/* ---- the model's costs ---- */
+
+/* Bytes of weights one forward reads (every tensor but the embedding table, which is read one row
+ * per token, unless it is also the output matrix) and the matmul parameter count. */
+static void weight_costs(const kiln_model *m, double *bytes, double *params) {
+    const kiln_gguf *g = kiln_model_gguf(m);
+    bool tied = kiln_model_hparams(m)->tied_output;
+    *bytes = *params = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kiln_gguf_tensor *t = &g->tensors[i];
+        if (!tied && kiln_gguf_str_eq(t->name, "token_embd.weight")) continue;
+        *bytes += (double)t->n_bytes;
+        if (t->n_dims == 2) *params += (double)t->n_elems;
+    }
+}
+
+/* One line naming the weight types and how many tensors have each. */
+static void type_summary(const kiln_model *m, char *out, size_t cap) {
+    const kiln_gguf *g = kiln_model_gguf(m);
+    int count[KILN_DTYPE_COUNT] = {0};
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        if ((int)g->tensors[i].type < KILN_DTYPE_COUNT) count[g->tensors[i].type]++;
+    size_t len = 0;
+    out[0] = 0;
+    for (int t = 0; t < KILN_DTYPE_COUNT && len < cap; t++)
+        if (count[t])
+            len += (size_t)snprintf(out + len, cap - len, "%s%s x%d", len ? ", " : "", kiln_dtype_name((kiln_dtype)t),
+                                    count[t]);
+}
+
+/* ---- runs ---- */
+
+typedef struct bench {
+    kiln_model *m;
+    kiln_kv *kv;
+    const kiln_hparams *hp;
+    int32_t bs;                  /* KV block size */
+    int32_t *tables[MAX_BATCHES]; /* per sequence block table */
+    int32_t n_blocks[MAX_BATCHES];
+    kiln_batch_seq seqs[MAX_BATCHES];
+    kiln_batch_row *rows;        /* (max(ubatch, b_max),) */
+    float *logits;               /* (b_max, n_vocab) */
+    int32_t *tokens;             /* (max(p, n * b_max),) random ids */
+} bench;
+
+/* Prefill p tokens of sequence 0 in forwards of ubatch rows; seconds, or < 0 on error. */
+static double run_pp(bench *B, int p, int ubatch) {
+    double t0 = kiln_now_s();
+    for (int start = 0; start < p; start += ubatch) {
+        int len = KILN_MIN(ubatch, p - start);
+        for (int i = 0; i < len; i++)
+            B->rows[i] = (kiln_batch_row){.token = B->tokens[start + i], .pos = start + i, .seq = 0,
+                                          .want_logits = start + i == p - 1};
+        kiln_batch b = {.n_rows = len, .rows = B->rows, .n_seqs = 1, .seqs = B->seqs};
+        if (kiln_model_forward(B->m, B->kv, &b, B->logits)) return -1;
+    }
+    return kiln_now_s() - t0;
+}
+
+/* b sequences decode n tokens each from position 0; seconds, or < 0 on error. */
+static double run_tg(bench *B, int n, int nb) {
+    double t0 = kiln_now_s();
+    for (int step = 0; step < n; step++) {
+        for (int s = 0; s < nb; s++)
+            B->rows[s] = (kiln_batch_row){.token = B->tokens[step * nb + s], .pos = step, .seq = s, .want_logits = true};
+        kiln_batch b = {.n_rows = nb, .rows = B->rows, .n_seqs = nb, .seqs = B->seqs};
+        if (kiln_model_forward(B->m, B->kv, &b, B->logits)) return -1;
+    }
+    return kiln_now_s() - t0;
+}
+
+/* s as a JSON string literal. */
+static void put_json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static bool parse_list(const char *s, int *out, int *n_out) {
+    int n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 1 || v > 1024 || (*end && *end != ',') || n == MAX_BATCHES) return false;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+    }
+    *n_out = n;
+    return n > 0;
+}
+
+static bool parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+int kiln_cmd_bench(int argc, char **argv) {
+    const char *model_path = NULL;
+    long p = 512, n = 128, threads = 0, reps = 3, ubatch = 0;
+    int batches[MAX_BATCHES] = {1, 4, 16}, n_batches = 3;
+    bool json = false, roofline = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_val = i + 1 < argc, ok = true;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            bench_usage(stdout);
+            return 0;
+        } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has_val) {
+            model_path = argv[++i];
+        } else if (!strcmp(a, "-p") && has_val) {
+            ok = parse_int(argv[++i], 0, 1 << 16, &p);
+        } else if (!strcmp(a, "-n") && has_val) {
+            ok = parse_int(argv[++i], 0, 1 << 16, &n);
+        } else if (!strcmp(a, "-b") && has_val) {
+            ok = parse_list(argv[++i], batches, &n_batches);
+        } else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && has_val) {
+            ok = parse_int(argv[++i], 1, 1024, &threads);
+        } else if (!strcmp(a, "--reps") && has_val) {
+            ok = parse_int(argv[++i], 1, MAX_REPS, &reps);
+        } else if (!strcmp(a, "--ubatch") && has_val) {
+            ok = parse_int(argv[++i], 1, 1 << 16, &ubatch);
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (!strcmp(a, "--roofline")) {
+            roofline = true;
+        } else {
+            fprintf(stderr, "kiln bench: unknown or incomplete option '%s'\n", a);
+            bench_usage(stderr);
+            return 1;
+        }
+        if (!ok) {
+            fprintf(stderr, "kiln bench: bad value for %s: '%s'\n", a, argv[i]);
+            return 1;
+        }
+    }
+    if (!model_path) {
+        bench_usage(stderr);
+        return 1;
+    }
+    if (ubatch == 0) ubatch = p > 0 ? p : 1;
+    if (n == 0) n_batches = 0;
+    int b_max = 1;
+    for (int i = 0; i < n_batches; i++) b_max = KILN_MAX(b_max, batches[i]);
+
+    int rc = 1;
+    kiln_err err;
+    bench B = {.bs = 16};
+    result res[MAX_BATCHES + 1];
+    int n_res = 0;
+    kiln_model_opts opts = {.n_threads = (int)threads};
+    if ((err = kiln_model_load(model_path, &opts, &B.m))) goto out_err;
+    B.hp = kiln_model_hparams(B.m);
+    const kiln_hparams *hp = B.hp;
+    if (p + 1 > hp->n_ctx_train || n + 1 > hp->n_ctx_train)
+        fprintf(stderr, "kiln bench: note: positions beyond the model's training context (%d)\n", hp->n_ctx_train);
+
+    /* KV: sequence 0 holds max(p, n) positions, the others n. */
+    size_t kv_tok = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv * (size_t)hp->head_dim * sizeof(float);
+    size_t total_blocks = 0;
+    for (int s = 0; s < b_max; s++) {
+        long len = s == 0 ? KILN_MAX(p, n) : n;
+        B.n_blocks[s] = (int32_t)((len + B.bs - 1) / B.bs);
+        if (B.n_blocks[s] == 0) B.n_blocks[s] = 1;
+        total_blocks += (size_t)B.n_blocks[s];
+    }
+    if ((err = kiln_kv_new(B.m, total_blocks * kv_tok * (size_t)B.bs, B.bs, &B.kv))) goto out_err;
+    for (int s = 0; s < b_max; s++) {
+        B.tables[s] = kiln_malloc(sizeof(int32_t) * (size_t)B.n_blocks[s]);
+        if (!B.tables[s]) {
+            err = kiln_errf(KILN_ERR_NOMEM, "out of memory");
+            goto out_err;
+        }
+        for (int32_t i = 0; i < B.n_blocks[s]; i++)
+            if ((err = kiln_kv_alloc_block(B.kv, &B.tables[s][i]))) goto out_err;
+        B.seqs[s] = (kiln_batch_seq){.block_table = B.tables[s], .n_blocks = B.n_blocks[s]};
+    }
+    size_t n_tok = (size_t)KILN_MAX(p, n * b_max) + 1;
+    B.rows = kiln_malloc(sizeof(kiln_batch_row) * (size_t)KILN_MAX(ubatch, b_max));
+    B.logits = kiln_malloc(sizeof(float) * (size_t)b_max * (size_t)hp->n_vocab);
+    B.tokens = kiln_malloc(sizeof(int32_t) * n_tok);
+    if (!B.rows || !B.logits || !B.tokens) {
+        err = kiln_errf(KILN_ERR_NOMEM, "out of memory");
+        goto out_err;
+    }
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 1234);
+    for (size_t i = 0; i < n_tok; i++) B.tokens[i] = (int32_t)(kiln_rng_u64(&rng) % (uint64_t)hp->n_vocab);
+
+    double w_bytes, w_params;
+    weight_costs(B.m, &w_bytes, &w_params);
+    char types[256];
+    type_summary(B.m, types, sizeof(types));
+    int nt = threads > 0 ? (int)threads : 0;
+
+    /* Warm-up: pages every weight in and grows the scratch to its largest size. */
+    if (run_tg(&B, 1, b_max) < 0 || (p > 0 && run_pp(&B, (int)KILN_MIN(p, ubatch), (int)ubatch) < 0)) {
+        err = KILN_ERR_INVALID;
+        goto out_err;
+    }
+    if (p > 0) {
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->name, sizeof(r->name), "pp%ld", p);
+        r->n_tokens = (int)p;
+        r->batch = 1;
+        /* matmuls 2 * params per token; attention 4 * n_head * head_dim per cached position */
+        r->flops_per_run = 2.0 * w_params * (double)p +
+                           4.0 * hp->n_layer * (double)hp->n_head * hp->head_dim * (double)p * (double)(p + 1) / 2;
+        for (int k = 0; k < reps; k++)
+            if ((r->secs[r->n_reps++] = run_pp(&B, (int)p, (int)ubatch)) < 0) {
+                err = KILN_ERR_INVALID;
+                goto out_err;
+            }
+        summarize(r);
+    }
+    for (int i = 0; i < n_batches; i++) {
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->name, sizeof(r->name), "tg%ld b%d", n, batches[i]);
+        r->n_tokens = (int)n * batches[i];
+        r->batch = batches[i];
+        /* each step reads every weight once and, per sequence, the K/V of positions 0..step */
+        r->bytes_per_step = w_bytes + (double)batches[i] * (double)kv_tok * (double)(n + 1) / 2;
+        for (int k = 0; k < reps; k++)
+            if ((r->secs[r->n_reps++] = run_tg(&B, (int)n, batches[i])) < 0) {
+                err = KILN_ERR_INVALID;
+                goto out_err;
+            }
+        summarize(r);
+    }
+
+    double bw = 0, peak = 0;
+    if (roofline) {
+        int team = nt > 0 ? nt : omp_get_num_procs();
+        bw = measure_bandwidth(team, (size_t)1 << 30);
+        peak = measure_fma_peak(team);
+    }
+
+    const char *kernels = kiln_kernels_get()->name;
+    if (json) {
+        printf("{\"model\": ");
+        put_json_str(model_path);
+        printf(", \"types\": \"%s\", \"params\": %.0f, \"weight_bytes\": %.0f, \"kernels\": \"%s\", \"threads\": ",
+               types, w_params, w_bytes, kernels);
+        if (nt) printf("%d", nt);
+        else printf("\"default\"");
+        if (roofline) printf(", \"bandwidth_bytes_per_s\": %.4g, \"fma_peak_flops\": %.4g", bw, peak);
+        printf(", \"results\": [");
+        for (int i = 0; i < n_res; i++) {
+            result *r = &res[i];
+            printf("%s\n  {\"test\": \"%s\", \"tokens\": %d, \"batch\": %d, \"reps\": %d, \"tps_median\": %.3f, "
+                   "\"tps_best\": %.3f, \"secs\": [",
+                   i ? "," : "", r->name, r->n_tokens, r->batch, r->n_reps, r->median_tps, r->best_tps);
+            for (int k = 0; k < r->n_reps; k++) printf("%s%.6f", k ? ", " : "", r->secs[k]);
+            printf("]");
+            if (roofline && r->bytes_per_step > 0 && bw > 0)
+                printf(", \"bytes_per_step\": %.0f, \"bw_fraction_median\": %.4f", r->bytes_per_step,
+                       r->median_tps / r->batch * r->bytes_per_step / bw);
+            if (roofline && r->flops_per_run > 0 && peak > 0)
+                printf(", \"flops_per_token\": %.0f, \"fma_fraction_median\": %.4f", r->flops_per_run / r->n_tokens,
+                       r->median_tps * r->flops_per_run / r->n_tokens / peak);
+            printf("}");
+        }
+        printf("\n]}\n");
+    } else {
+        printf("model: %s (%s)\n", model_path, types);
+        printf("       %.3g B matmul params, %.1f MiB of weights read per forward\n", w_params / 1e9, w_bytes / 1048576.0);
+        printf("kernels: %s, threads: %s", kernels, nt ? "" : "default (physical cores)");
+        if (nt) printf("%d", nt);
+        printf(", reps: %ld\n", reps);
+        if (roofline)
+            printf("roofline: read bandwidth %.1f GB/s, FP32 FMA peak %.0f GFLOP/s (measured, all threads)\n", bw / 1e9,
+                   peak / 1e9);
+        printf("| test | tok/s median | tok/s best |%s\n", roofline ? " ceiling used (median) |" : "");
+        printf("|---|---:|---:|%s\n", roofline ? "---:|" : "");
+        for (int i = 0; i < n_res; i++) {
+            result *r = &res[i];
+            printf("| %s | %.2f | %.2f |", r->name, r->median_tps, r->best_tps);
+            if (roofline && r->bytes_per_step > 0 && bw > 0)
+                printf(" %.0f%% of bandwidth (%.1f GB/s) |", 100 * r->median_tps / r->batch * r->bytes_per_step / bw,
+                       r->median_tps / r->batch * r->bytes_per_step / 1e9);
+            else if (roofline && r->flops_per_run > 0 && peak > 0)
+                printf(" %.0f%% of FP32 FMA peak (%.0f GFLOP/s) |",
+                       100 * r->median_tps * r->flops_per_run / r->n_tokens / peak,
+                       r->median_tps * r->flops_per_run / r->n_tokens / 1e9);
+            else if (roofline)
+                printf(" - |");
+            printf("\n");
+        }
+    }
+    rc = 0;
+    goto out;
+out_err:
+    fprintf(stderr, "kiln bench: %s\n", kiln_errmsg()[0] ? kiln_errmsg() : kiln_err_name(err));
+out:
+    kiln_free(B.tokens);
+    kiln_free(B.logits);
+    kiln_free(B.rows);
+    for (int s = 0; s < MAX_BATCHES; s++) kiln_free(B.tables[s]);
+    kiln_kv_free(B.kv);
+    kiln_model_free(B.m);
+    return rc;
+}
