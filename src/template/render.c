@@ -1348,7 +1348,9 @@ kiln_err kiln_template_render_chat(const kiln_template *t, const json_t *message
     if (messages ? json_object_set(ctx, "messages", (json_t *)messages)
                  : json_object_set_new(ctx, "messages", json_array()))
         goto nomem;
-    if (tools && json_object_set(ctx, "tools", (json_t *)tools)) goto nomem;
+    /* transformers passes tools and documents always, None when absent */
+    if (tools ? json_object_set(ctx, "tools", (json_t *)tools) : json_object_set_new(ctx, "tools", json_null())) goto nomem;
+    if (!json_object_get(ctx, "documents") && json_object_set_new(ctx, "documents", json_null())) goto nomem;
     if (json_object_set_new(ctx, "add_generation_prompt", json_boolean(add_generation_prompt))) goto nomem;
     if (bos_token && json_object_set_new(ctx, "bos_token", json_string(bos_token))) goto nomem;
     if (eos_token && json_object_set_new(ctx, "eos_token", json_string(eos_token))) goto nomem;

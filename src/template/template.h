@@ -43,8 +43,9 @@ kiln_err kiln_template_render(const kiln_template *t, const json_t *ctx,
                               const kiln_template_limits *lim, kiln_buf *out);
 
 /* Renders a chat prompt the way transformers' apply_chat_template does: the context holds
- * `messages` (JSON array), `tools` (array, or absent when NULL), `add_generation_prompt`,
- * `bos_token`, `eos_token` (absent when NULL), and every key of `extra_kwargs` (an object such as
+ * `messages` (JSON array), `tools` (array, or None when NULL, as transformers passes it),
+ * `documents` (None unless extra_kwargs sets it), `add_generation_prompt`, `bos_token`,
+ * `eos_token` (absent when NULL), and every key of `extra_kwargs` (an object such as
  * chat_template_kwargs {"enable_thinking": false}; may be NULL). All json_t are borrowed.
  * Return codes as kiln_template_render. */
 kiln_err kiln_template_render_chat(const kiln_template *t, const json_t *messages,

@@ -195,6 +195,10 @@ def contexts():
     out = {}
     for name, ctx in c.items():
         d = dict(base)
+        if name != "user_only_nogen":
+            # as transformers' apply_chat_template (and vLLM) call render(): tools and documents
+            # are always passed, None when absent; one context keeps them undefined instead
+            d.update({"tools": None, "documents": None})
         d.update(ctx)
         out[name] = d
     return out
