@@ -8,14 +8,16 @@
 Norms, biases and rope_freqs stay F32; token_embd and every 2-D weight get --type (quantized types
 need the inner dim to be a multiple of the block). --type q4_k_m / q5_k_m write the mix llama.cpp's
 quantizer does: Q4_K (Q5_K) everywhere, Q6_K for output.weight and for attn_v / ffn_down of the
-layers where it spends more bits (the first and last eighth, every third one between). Weights are N(0, 1/fan_in) so that every
+layers where it spends more bits (the first and last eighth, every third one between); a tensor
+whose rows are not a multiple of 256 falls back as llama.cpp's does (Q4_K -> Q5_0, Q6_K -> Q8_0;
+Q5_K -> Q8_0 here, for want of Q5_1). Weights are N(0, 1/fan_in) so that every
 projection keeps unit scale and the logits are O(1). Each tensor has its own RNG stream, derived
 from --seed and its name, so the same flags always give the same file.
 
 usage: gen_model.py OUT.gguf [--arch llama] [--type f32] [--dim 64] [--layers 2] [--heads 4]
        [--kv-heads 2] [--head-dim D] [--ff 128] [--vocab 320] [--ctx 256] [--tied] [--seed 1]
        [--rope-theta T] [--eps E] [--llama3-rope FACTOR,LOW,HIGH,ORIG_CTX]
-       [--vocab-from VOCAB.gguf] [--preset tinyllama-1.1b]
+       [--vocab-from VOCAB.gguf] [--preset tinyllama-1.1b|smollm-135m]
 """
 import argparse
 import hashlib
@@ -32,6 +34,9 @@ PRESETS = {
     # TinyLlama-1.1B (Llama 2 architecture, GQA 32/4), its real shapes with random weights
     "tinyllama-1.1b": dict(arch="llama", dim=2048, layers=22, heads=32, kv_heads=4, ff=5632,
                            vocab=32000, ctx=2048, rope_theta=10000.0, eps=1e-5),
+    # SmolLM-135M (Llama architecture, GQA 9/3, tied embeddings)
+    "smollm-135m": dict(arch="llama", dim=576, layers=30, heads=9, kv_heads=3, ff=1536,
+                        vocab=49152, ctx=2048, rope_theta=10000.0, eps=1e-5, tied=True),
 }
 
 FILE_TYPE = {gguf.F32: 0, gguf.F16: 1, gguf.Q4_0: 2, gguf.Q4_1: 3, gguf.Q8_0: 7, gguf.Q5_0: 8,
@@ -51,18 +56,23 @@ def use_more_bits(i_layer, n_layer):
     return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
 
 
-def tensor_type(wtype, name, n_layer):
-    """The type of 2-D weight `name` in a file of type wtype (a ggml type or a mix name)."""
+FALLBACK = {gguf.Q4_K: gguf.Q5_0, gguf.Q6_K: gguf.Q8_0, gguf.Q5_K: gguf.Q8_0}
+
+
+def tensor_type(wtype, name, n_layer, cols):
+    """The type of 2-D weight `name` (rows of `cols`) in a file of type wtype (a ggml type or a
+    mix name)."""
     if wtype not in MIXES:
         return wtype
     base, more = MIXES[wtype]
-    if name == "output.weight":
-        return gguf.Q6_K
+    t = base
     parts = name.split(".")
-    if len(parts) == 4 and parts[2] in ("attn_v", "ffn_down") and \
+    if name == "output.weight":
+        t = gguf.Q6_K
+    elif len(parts) == 4 and parts[2] in ("attn_v", "ffn_down") and \
             use_more_bits(int(parts[1]), n_layer):
-        return more
-    return base
+        t = more
+    return FALLBACK[t] if cols % gguf.QK_K else t
 
 
 def type_name(wtype):
@@ -155,7 +165,7 @@ def generate(out, arch="llama", wtype=gguf.F32, dim=64, layers=2, heads=4, kv_he
         rope_theta = 10000.0 if arch == "llama" else 1000000.0
     if eps is None:
         eps = 1e-5 if arch == "llama" else 1e-6
-    block = gguf.BLOCK[MIXES[wtype][0] if wtype in MIXES else wtype][0]
+    block = 32 if wtype in MIXES else gguf.BLOCK[wtype][0]
     for name, inner in (("dim", dim), ("ff", ff), ("heads*head_dim", heads * head_dim)):
         if inner % block:
             raise ValueError("%s = %d is not a multiple of the %s block (%d)" %
@@ -189,7 +199,7 @@ def generate(out, arch="llama", wtype=gguf.F32, dim=64, layers=2, heads=4, kv_he
 
     def matrix(name, rows, cols, std=None, t=None):
         """PyTorch-shaped (rows=out, cols=in) weight; stored ne = [cols, rows]."""
-        t = tensor_type(wtype, name, layers) if t is None else t
+        t = tensor_type(wtype, name, layers, cols) if t is None else t
         s = std if std is not None else 1.0 / math.sqrt(cols)
 
         def make():  # row chunks of ~4M elements bound the memory of big presets
@@ -272,7 +282,8 @@ def main():
             ap.error("--llama3-rope needs FACTOR,LOW,HIGH,ORIG_CTX")
         cfg["llama3_rope"] = parts
     try:
-        generate(a.out, wtype=wtype_from_name(a.type), tied=a.tied, seed=a.seed,
+        tied = a.tied or cfg.pop("tied", False)
+        generate(a.out, wtype=wtype_from_name(a.type), tied=tied, seed=a.seed,
                  vocab_from=a.vocab_from, **cfg)
     except (ValueError, OSError) as e:
         print("gen_model: %s" % e, file=sys.stderr)

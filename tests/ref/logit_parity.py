@@ -70,6 +70,9 @@ CASES += [("llama-q4_k", dict(KBASE, arch="llama", wtype="q4_k")),
           ("qwen2-q5_k", dict(KBASE, arch="qwen2", wtype="q5_k")),
           ("llama-q4_k_m", dict(KBASE, arch="llama", wtype="q4_k_m", layers=8)),
           ("qwen3-q5_k_m", dict(KBASE, arch="qwen3", wtype="q5_k_m", layers=3)),
+          # dim 96: rows of 96 fall back to Q5_0 / Q8_0, ffn_down (rows of 256) stays K-quant
+          ("llama-q4_k_m-d96", dict(BASE, arch="llama", wtype="q4_k_m", dim=96, heads=3,
+                                    kv_heads=1, ff=256, layers=2)),
           ("llama-q4_1", dict(BASE, arch="llama", wtype="q4_1")),
           ("qwen2-q5_0", dict(BASE, arch="qwen2", wtype="q5_0"))]
 # the same sequence fed in several chunks through the paged cache
