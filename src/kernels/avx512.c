@@ -4,12 +4,13 @@
  * amax/127, a float); block dot products are exact int32 (vpdpbusd) and each (row, block) adds
  * float(int) * (d_w * d_x) with one FMA, blocks in order, so a row's result is bit-identical
  * whichever path (matrix-vector or panel matrix-matrix) computed it. F32/F16/BF16: f32 FMA.
- * Reentrant; matmuls run an OpenMP team over output rows; per-thread scratch grows, never shrinks. */
+ * Reentrant; matmuls split output rows over the compute team (pool.h); per-thread scratch grows,
+ * never shrinks. */
 #include "kernels/kernels.h"
+#include "kernels/pool.h"
 
 #include <immintrin.h>
 #include <math.h>
-#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,35 +211,60 @@ static void q_panel(const uint32_t *pw, const float *pd, int64_t b0, int64_t nbk
 
 /* Activation rows from which the panel path pays for its unpacking. */
 #define GEMM_MIN_ROWS 4
+/* Activation rows from which quantizing them is split across the team. */
+#define QUANT_PAR_ROWS 16
 
-static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
-                     int64_t n_x, float *y, int nt, bool par) {
-    KILN_ASSERT(n_in % 32 == 0);
-    const int32_t off = t == KILN_WTYPE_Q4_0 ? 8 : 128;
-    qact a = qact_alloc(n_x, n_in);
-    const bool gemm = n_x >= GEMM_MIN_ROWS;
-    const int64_t n_groups = gemm ? (n_out + PANEL - 1) / PANEL : (n_out + 7) / 8;
-#pragma omp parallel num_threads(nt) if (par)
-    {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < n_x; r++)
-            quantize_row(x + r * n_in, n_in, off, a.q + r * n_in, a.d + r * a.nb, a.corr + r * a.nb);
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < n_groups; g++) {
-            if (!gemm) {
-                for (int64_t c0 = 0; c0 < n_x; c0 += 4)
-                    q_gemv8(t, w, row_bytes, n_out, g * 8, &a, c0, (int)KILN_MIN(4, n_x - c0), y);
-                continue;
-            }
-            _Alignas(64) uint32_t pw[KB * 8 * PANEL];
-            _Alignas(64) float pd[KB * PANEL];
-            for (int64_t b0 = 0; b0 < a.nb; b0 += KB) {
-                int64_t nbk = KILN_MIN(KB, a.nb - b0);
-                pack_panel(t, w, row_bytes, n_out, g * PANEL, b0, nbk, pw, pd);
-                q_panel(pw, pd, b0, nbk, &a, n_x, b0 == 0, y, n_out, g * PANEL);
-            }
+typedef struct qjob {
+    kiln_wtype t;
+    const void *w;
+    size_t row_bytes;
+    int64_t n_out, n_in, n_x;
+    const float *x;
+    float *y;
+    int32_t off;
+    qact a;
+} qjob;
+
+static void q_quant_part(void *ctx, int ith, int nth) {
+    qjob *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++)
+        quantize_row(j->x + r * j->n_in, j->n_in, j->off, j->a.q + r * j->n_in, j->a.d + r * j->a.nb,
+                     j->a.corr + r * j->a.nb);
+}
+
+static void q_gemv_part(void *ctx, int ith, int nth) {
+    qjob *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + 7) / 8, ith, nth, &lo, &hi);
+    for (int64_t g = lo; g < hi; g++)
+        for (int64_t c0 = 0; c0 < j->n_x; c0 += 4)
+            q_gemv8(j->t, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, (int)KILN_MIN(4, j->n_x - c0), j->y);
+}
+
+static void q_gemm_part(void *ctx, int ith, int nth) {
+    qjob *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
+    _Alignas(64) uint32_t pw[KB * 8 * PANEL];
+    _Alignas(64) float pd[KB * PANEL];
+    for (int64_t g = lo; g < hi; g++) {
+        for (int64_t b0 = 0; b0 < j->a.nb; b0 += KB) {
+            int64_t nbk = KILN_MIN(KB, j->a.nb - b0);
+            pack_panel(j->t, j->w, j->row_bytes, j->n_out, g * PANEL, b0, nbk, pw, pd);
+            q_panel(pw, pd, b0, nbk, &j->a, j->n_x, b0 == 0, j->y, j->n_out, g * PANEL);
         }
     }
+}
+
+static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
+                     int64_t n_x, float *y, int nt) {
+    KILN_ASSERT(n_in % 32 == 0);
+    qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, t == KILN_WTYPE_Q4_0 ? 8 : 128, qact_alloc(n_x, n_in)};
+    if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, q_quant_part, &j);
+    else q_quant_part(&j, 0, 1);
+    kiln_pool_run(nt, n_x >= GEMM_MIN_ROWS ? q_gemm_part : q_gemv_part, &j);
 }
 
 /* ---- F32 / F16 / BF16: f32 FMA over 4 weight rows x up to 4 activation rows ---- */
@@ -284,15 +310,24 @@ static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const voi
     }
 }
 
-static void f_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
-                     int64_t n_x, float *y, int nt, bool par) {
-    const int64_t n_groups = (n_out + 3) / 4;
-#pragma omp parallel for schedule(static) num_threads(nt) if (par)
-    for (int64_t g = 0; g < n_groups; g++) {
-        switch (t) {
-        case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
-        case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
-        default: f_rows(KILN_WTYPE_BF16, w, row_bytes, n_out, n_in, x, n_x, y, g * 4); break;
+typedef struct fjob {
+    kiln_wtype t;
+    const void *w;
+    size_t row_bytes;
+    int64_t n_out, n_in, n_x;
+    const float *x;
+    float *y;
+} fjob;
+
+static void f_part(void *ctx, int ith, int nth) {
+    fjob *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + 3) / 4, ith, nth, &lo, &hi);
+    for (int64_t g = lo; g < hi; g++) {
+        switch (j->t) {
+        case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+        case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+        default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
         }
     }
 }
@@ -304,15 +339,18 @@ static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t
         return;
     }
     if (n_out <= 0 || n_x <= 0) return;
-    int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
     /* Small products run on the calling thread: waking the team costs more than they do. */
-    bool par = (double)n_out * (double)n_in * (double)n_x >= 65536.0;
+    int nt = (double)n_out * (double)n_in * (double)n_x >= 65536.0 ? n_threads : 1;
     switch (t) {
     case KILN_WTYPE_Q8_0:
-    case KILN_WTYPE_Q4_0: q_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt, par); break;
+    case KILN_WTYPE_Q4_0: q_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt); break;
     case KILN_WTYPE_F32:
     case KILN_WTYPE_F16:
-    case KILN_WTYPE_BF16: f_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt, par); break;
+    case KILN_WTYPE_BF16: {
+        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y};
+        kiln_pool_run(nt, f_part, &j);
+        break;
+    }
     default: KILN_ASSERT(!"unsupported weight type");
     }
 }

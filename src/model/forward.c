@@ -3,11 +3,15 @@
  * sequence's paged cache slot, then each (row, head) attends over positions 0..pos of its own
  * sequence through the block table (GQA: n_head / n_head_kv query heads share a KV head).
  * A row's result never depends on the other rows of the batch (batching invariance).
- * Thread: the engine thread, one call at a time per model; OpenMP inside. No allocation once the
+ * Thread: the engine thread, one call at a time per model; per-row work (RoPE, K/V stores,
+ * attention) and the matmuls run on the compute team (kernels/pool.h). No allocation once the
  * scratch has grown to the largest batch. */
 #include "model/internal.h"
 
+#include "kernels/pool.h"
+
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 void kiln_scratch_free(kiln_scratch *s) {
@@ -128,6 +132,64 @@ static void attend(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const k
     for (int32_t i = 0; i < hd; i++) out[i] = acc[i] * inv;
 }
 
+/* One layer's per-row work, split over the compute team. */
+typedef struct layer_job {
+    kiln_model *m;
+    kiln_kv *kv;
+    const kiln_batch *batch;
+    int32_t il;
+    _Atomic int64_t next;  /* attention: next (row, head) item to take */
+} layer_job;
+
+/* q/k norms (qwen3), RoPE, and the row's K/V into its cache slot, for a share of the rows. */
+static void rope_store_part(void *ctx, int ith, int nth) {
+    layer_job *j = ctx;
+    const kiln_model *m = j->m;
+    const kiln_hparams *hp = &m->hp;
+    const kiln_kernels *k = m->k;
+    const kiln_scratch *s = &m->s;
+    const kiln_layer *ly = &m->layers[j->il];
+    const int32_t hd = hp->head_dim, n_head = hp->n_head, qd = n_head * hd, kvd = hp->n_head_kv * hd;
+    int64_t lo, hi;
+    kiln_pool_range(j->batch->n_rows, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++) {
+        const kiln_batch_row *row = &j->batch->rows[r];
+        float *q = s->q + (size_t)r * qd, *kr = s->k + (size_t)r * kvd, *vr = s->v + (size_t)r * kvd;
+        if (ly->q_norm)
+            for (int32_t h = 0; h < n_head; h++) k->rmsnorm(q + h * hd, ly->q_norm, hd, hp->norm_eps, q + h * hd);
+        if (ly->k_norm)
+            for (int32_t h = 0; h < hp->n_head_kv; h++) k->rmsnorm(kr + h * hd, ly->k_norm, hd, hp->norm_eps, kr + h * hd);
+        k->rope(q, n_head, hd, m->n_rot, row->pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
+        k->rope(kr, hp->n_head_kv, hd, m->n_rot, row->pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
+        const kiln_batch_seq *sq = &j->batch->seqs[row->seq];
+        int32_t blk = sq->block_table[row->pos / j->kv->block_size];
+        size_t slot = (size_t)(row->pos % j->kv->block_size) * (size_t)kvd;
+        memcpy(kiln_kv_k(j->kv, blk, j->il) + slot, kr, (size_t)kvd * sizeof(float));
+        memcpy(kiln_kv_v(j->kv, blk, j->il) + slot, vr, (size_t)kvd * sizeof(float));
+    }
+}
+
+/* Attention for (row, head) items taken a few at a time from a shared counter (rows differ in
+ * context length, so static shares would be uneven). */
+static void attend_part(void *ctx, int ith, int nth) {
+    layer_job *j = ctx;
+    const kiln_model *m = j->m;
+    const kiln_hparams *hp = &m->hp;
+    const int32_t hd = hp->head_dim, n_head = hp->n_head, qd = n_head * hd, group = n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t n_items = (int64_t)j->batch->n_rows * n_head, step = 4;
+    for (;;) {
+        int64_t i0 = atomic_fetch_add(&j->next, step);
+        if (i0 >= n_items) break;
+        for (int64_t rh = i0; rh < KILN_MIN(i0 + step, n_items); rh++) {
+            int32_t r = (int32_t)(rh / n_head), h = (int32_t)(rh % n_head);
+            const kiln_batch_row *row = &j->batch->rows[r];
+            attend(m->k, j->kv, j->il, &j->batch->seqs[row->seq], row->pos, m->s.q + (size_t)r * qd + (size_t)h * hd,
+                   (h / group) * hd, hd, scale, m->s.att + (size_t)r * qd + (size_t)h * hd);
+        }
+    }
+}
+
 kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch, float *logits) {
     kiln_err err;
     if ((err = validate(m, kv, batch, logits))) return err;
@@ -139,8 +201,7 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
     kiln_scratch *s = &m->s;
     const int nt = m->n_threads;
     const int32_t d = hp->n_embd, hd = hp->head_dim, n_head = hp->n_head;
-    const int32_t qd = n_head * hd, kvd = hp->n_head_kv * hd, group = n_head / hp->n_head_kv;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const int32_t qd = n_head * hd, kvd = hp->n_head_kv * hd;
     const kiln_batch_row *rows = batch->rows;
 
     for (int32_t r = 0; r < n; r++)
@@ -158,34 +219,14 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         add_bias(s->q, ly->bq, n, qd);
         add_bias(s->k, ly->bk, n, kvd);
         add_bias(s->v, ly->bv, n, kvd);
-#pragma omp parallel for schedule(static) num_threads(nt) if (n > 1)
-        for (int32_t r = 0; r < n; r++) {
-            float *q = s->q + (size_t)r * qd, *kr = s->k + (size_t)r * kvd, *vr = s->v + (size_t)r * kvd;
-            if (ly->q_norm)
-                for (int32_t h = 0; h < n_head; h++) k->rmsnorm(q + h * hd, ly->q_norm, hd, hp->norm_eps, q + h * hd);
-            if (ly->k_norm)
-                for (int32_t h = 0; h < hp->n_head_kv; h++)
-                    k->rmsnorm(kr + h * hd, ly->k_norm, hd, hp->norm_eps, kr + h * hd);
-            k->rope(q, n_head, hd, m->n_rot, rows[r].pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
-            k->rope(kr, hp->n_head_kv, hd, m->n_rot, rows[r].pos, hp->rope_theta, m->freq_factors,
-                    (int)hp->rope_type);
-            const kiln_batch_seq *sq = &batch->seqs[rows[r].seq];
-            int32_t blk = sq->block_table[rows[r].pos / kv->block_size];
-            size_t slot = (size_t)(rows[r].pos % kv->block_size) * (size_t)kvd;
-            memcpy(kiln_kv_k(kv, blk, il) + slot, kr, (size_t)kvd * sizeof(float));
-            memcpy(kiln_kv_v(kv, blk, il) + slot, vr, (size_t)kvd * sizeof(float));
-        }
+        layer_job job = {m, kv, batch, il, 0};
+        kiln_pool_run(n > 1 ? nt : 1, rope_store_part, &job);
         /* Every row's K/V is in the cache now; rows of one sequence see each other causally.
          * Short contexts are cheaper on one thread. */
         int64_t work = 0;
         for (int32_t r = 0; r < n && work < 8192; r++) work += (int64_t)(rows[r].pos + 1) * n_head * hd;
-        bool par_attn = work >= 8192;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (par_attn)
-        for (int64_t rh = 0; rh < (int64_t)n * n_head; rh++) {
-            int32_t r = (int32_t)(rh / n_head), h = (int32_t)(rh % n_head);
-            attend(k, kv, il, &batch->seqs[rows[r].seq], rows[r].pos, s->q + (size_t)r * qd + (size_t)h * hd,
-                   (h / group) * hd, hd, scale, s->att + (size_t)r * qd + (size_t)h * hd);
-        }
+        atomic_store(&job.next, 0);
+        kiln_pool_run(work >= 8192 ? nt : 1, attend_part, &job);
         k->matmul(ly->wo.type, ly->wo.data, ly->wo.row_bytes, d, qd, s->att, n, s->tmp, nt);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
 

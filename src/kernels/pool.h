@@ -1,0 +1,32 @@
+/* pool.h: the compute team that runs the kernels' parallel loops (replaces OpenMP there). One
+ * process-wide set of worker threads, created on first use and grown to the largest team asked
+ * for; the calling thread is member 0. Idle workers spin briefly (KILN_SPIN_US, default 100 us)
+ * and then sleep on a futex, so a core held by another process or by the server's own threads is
+ * given up quickly instead of being burned in a barrier (libgomp's default behaviour).
+ * Thread-safe: one job at a time; a caller that finds the team busy (another thread's job, or a
+ * nested call from inside a job) runs its job alone, which gives the same results. */
+#ifndef KILN_POOL_H
+#define KILN_POOL_H
+
+#include <stdint.h>
+
+/* One member's share: called with ith in [0, nth). */
+typedef void (*kiln_pool_fn)(void *ctx, int ith, int nth);
+
+/* Runs fn(ctx, ith, nth) for every ith in [0, nth) with nth = n_threads (<= 0: the number of
+ * online CPUs; capped at 256), the caller running ith 0, and returns when all have returned. If
+ * worker threads cannot be created, or the team is busy, fewer members (down to the caller alone)
+ * run: fn must split its work by (ith, nth) only. Never fails. */
+void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx);
+
+/* The team size kiln_pool_run uses for n_threads <= 0. */
+int kiln_pool_default_threads(void);
+
+/* [*lo, *hi): member ith's contiguous share of n items split as evenly as possible. */
+static inline void kiln_pool_range(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
+    int64_t q = n / nth, r = n % nth;
+    *lo = (int64_t)ith * q + (ith < r ? ith : r);
+    *hi = *lo + q + (ith < r ? 1 : 0);
+}
+
+#endif
