@@ -1090,12 +1090,20 @@ static kiln_err do_tojson(rstate *st, int line, tval v, call_args *ca, tval *out
     tval indent = arg_or(ca, 1, "indent", tv_none());
     tval seps = arg_or(ca, 2, "separators", tv_none());
     tval sort_keys = arg_or(ca, 3, "sort_keys", tv_bool(false));
-    int ind = -1;
-    char ind_str_dummy = 0;
-    (void)ind_str_dummy;
-    if (indent.t == TV_INT || indent.t == TV_BOOL) ind = (int)KILN_MAX(0, KILN_MIN(indent.t == TV_INT ? indent.i : indent.b, 64));
-    else if (indent.t == TV_STR) ind = (int)KILN_MIN(indent.s.n, 64); /* only spaces supported */
-    else if (indent.t != TV_NONE) return rt_error(st, line, KILN_ERR_INVALID, "indent must be an int or str");
+    const char *ind = NULL;
+    if (indent.t == TV_INT || indent.t == TV_BOOL) {
+        int64_t k = indent.t == TV_INT ? indent.i : indent.b;
+        char *sp = arena_alloc(A(st), 65);
+        if (!sp) return rt_nomem(st, line);
+        k = KILN_MAX(0, KILN_MIN(k, 64));
+        memset(sp, ' ', (size_t)k);
+        ind = sp;
+    } else if (indent.t == TV_STR) {
+        ind = arena_strndup(A(st), indent.s.p, KILN_MIN(indent.s.n, 64));
+        if (!ind) return rt_nomem(st, line);
+    } else if (indent.t != TV_NONE) {
+        return rt_error(st, line, KILN_ERR_INVALID, "can't multiply sequence by non-int of type '%s'", tv_type_name(indent));
+    }
     const char *item_sep = NULL, *key_sep = NULL;
     if (seps.t == TV_LIST && seps.l->n == 2 && seps.l->items[0].t == TV_STR && seps.l->items[1].t == TV_STR) {
         item_sep = arena_strndup(A(st), seps.l->items[0].s.p, seps.l->items[0].s.n);
@@ -1222,6 +1230,7 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
             return KILN_OK;
         }
         *out = name[0] == 'f' ? items->items[0] : items->items[items->n - 1];
+        if (name[0] == 'f' && v.t == TV_LIST && tl_is_generator(v.l)) v.l->pos = v.l->n - items->n + 1; /* next() took one */
         return KILN_OK;
     }
     if (!strcmp(name, "reverse")) {

@@ -74,6 +74,7 @@ struct tlist {
     /* NULL for a list/tuple; else the Python iterator or view this stands for ("generator",
      * "dict_items", ...): not JSON-serializable, not indexable; generators have no len() */
     const char *iter_type;
+    size_t pos;            /* generators: items before pos were consumed by an iteration */
 };
 struct tdict {
     tval *keys;
@@ -138,9 +139,10 @@ const char *tv_type_name(tval v);       /* Python type name: "str", "dict", "Non
 /* Python str() (is_repr false) or repr() appended to b. Returns false on failure. */
 bool tv_to_str(sbuf *b, tval v, bool is_repr);
 void fmt_float(char *buf, size_t cap, double f);   /* Python repr of a float */
-/* json.dumps(v, ensure_ascii=False, indent, separators, sort_keys); *err_type is set to a Python
+/* json.dumps(v, ensure_ascii=False, indent (NULL or the per-level string), separators,
+ * sort_keys); *err_type is set to a Python
  * type name when v holds something JSON cannot serialize. */
-bool tv_to_json(sbuf *b, tval v, int indent, const char *item_sep, const char *key_sep,
+bool tv_to_json(sbuf *b, tval v, const char *indent, const char *item_sep, const char *key_sep,
                 bool sort_keys, const char **err_type);
 /* Converts parsed JSON into values (objects keep key order). */
 bool tv_from_json(arena *a, const json_t *j, tval *out, int depth);

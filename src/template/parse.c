@@ -1094,6 +1094,15 @@ static kiln_err parse_tuple(parser *p, bool simplified, bool with_condexpr, cons
     return KILN_OK;
 }
 
+/* a name or a (nested) tuple of names */
+static bool assignable(const node *t) {
+    if (t->kind == N_NAME) return true;
+    if (t->kind != N_TUPLE) return false;
+    for (size_t i = 0; i < t->n_kids; i++)
+        if (!assignable(t->kids[i])) return false;
+    return true;
+}
+
 static kiln_err parse_assign_target(parser *p, bool with_tuple, bool name_only, const char *extra_end,
                                     bool with_namespace, node **out) {
     tok *t = cur(p);
@@ -1129,14 +1138,7 @@ static kiln_err parse_assign_target(parser *p, bool with_tuple, bool name_only, 
     } else {
         TRY(parse_primary(p, &target));
     }
-    bool ok = target->kind == N_NAME;
-    if (target->kind == N_TUPLE) {
-        ok = true;
-        for (size_t i = 0; i < target->n_kids; i++)
-            if (target->kids[i]->kind != N_NAME) ok = false;
-    }
-    if (target->kind == N_NAME && (!strcmp(target->name, "true") || !strcmp(target->name, "false") || !strcmp(target->name, "none")))
-        ok = false;
+    bool ok = assignable(target);
     if (!ok) {
         const char *what = target->kind == N_LIT ? "Const" : target->kind == N_TUPLE ? "Tuple" : "expression";
         return syntax(target->line, "can't assign to '%s'", what);

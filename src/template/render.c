@@ -622,14 +622,18 @@ static kiln_err contains(rstate *st, int line, tval item, tval seq, bool *out) {
             return rt_error(st, line, KILN_ERR_INVALID, "'in <string>' requires string as left operand, not %s", tv_type_name(item));
         *out = item.s.n == 0 || memmem(seq.s.p, seq.s.n, item.s.p, item.s.n) != NULL;
         return KILN_OK;
-    case TV_LIST:
+    case TV_LIST: {
         *out = false;
-        for (size_t i = 0; i < seq.l->n; i++)
+        bool gen = tl_is_generator(seq.l);
+        size_t i;
+        for (i = gen ? seq.l->pos : 0; i < seq.l->n; i++)
             if (tv_equal(seq.l->items[i], item)) {
                 *out = true;
                 break;
             }
+        if (gen) seq.l->pos = KILN_MIN(i + 1, seq.l->n); /* `in` consumes a generator up to the match */
         return KILN_OK;
+    }
     case TV_DICT:
     case TV_NS:
         *out = td_get(seq.d, item) != NULL;
@@ -1000,7 +1004,20 @@ static kiln_err capture(rstate *st, scope *sc, const node *body, tval *out) {
 
 kiln_err rt_iter_list(rstate *st, int line, tval v, tlist **out) {
     switch (v.t) {
-    case TV_LIST: *out = v.l; return KILN_OK;
+    case TV_LIST:
+        if (tl_is_generator(v.l)) {
+            /* a Python generator is consumed by iterating it: the next iteration sees the rest */
+            tlist *rest = tl_new(&st->a, 0);
+            if (!rest) return rt_nomem(st, line);
+            rest->items = v.l->items + v.l->pos;
+            rest->n = rest->cap = v.l->n - v.l->pos;
+            rest->iter_type = v.l->iter_type;
+            v.l->pos = v.l->n;
+            *out = rest;
+            return KILN_OK;
+        }
+        *out = v.l;
+        return KILN_OK;
     case TV_UNDEF:
         *out = tl_new(&st->a, 0);
         return *out ? KILN_OK : rt_nomem(st, line);

@@ -517,15 +517,15 @@ static bool json_str(sbuf *b, const char *p, size_t n) {
     return sb_addc(b, '"');
 }
 
-static bool json_indent(sbuf *b, int indent, int level) {
+static bool json_indent(sbuf *b, const char *indent, int level) {
     if (!sb_addc(b, '\n')) return false;
-    for (int i = 0; i < indent * level; i++)
-        if (!sb_addc(b, ' ')) return false;
+    for (int i = 0; i < level; i++)
+        if (!sb_adds(b, indent)) return false;
     return true;
 }
 
 typedef struct json_opts {
-    int indent;           /* < 0: none */
+    const char *indent;   /* NULL: none */
     const char *item_sep, *key_sep;
     bool sort_keys;
     const char **err_type;
@@ -580,10 +580,10 @@ static bool json_val(sbuf *b, tval v, const json_opts *o, int level) {
         if (!sb_addc(b, '[')) return false;
         for (size_t i = 0; i < v.l->n; i++) {
             if (i && !sb_adds(b, o->item_sep)) return false;
-            if (o->indent >= 0 && !json_indent(b, o->indent, level + 1)) return false;
+            if (o->indent && !json_indent(b, o->indent, level + 1)) return false;
             if (!json_val(b, v.l->items[i], o, level + 1)) return false;
         }
-        if (o->indent >= 0 && !json_indent(b, o->indent, level)) return false;
+        if (o->indent && !json_indent(b, o->indent, level)) return false;
         return sb_addc(b, ']');
     case TV_DICT: {
         if (!v.d->n) return sb_adds(b, "{}");
@@ -603,12 +603,12 @@ static bool json_val(sbuf *b, tval v, const json_opts *o, int level) {
         for (size_t j = 0; j < n; j++) {
             size_t i = (size_t)(order[j] - v.d->keys);
             if (j && !sb_adds(b, o->item_sep)) return false;
-            if (o->indent >= 0 && !json_indent(b, o->indent, level + 1)) return false;
+            if (o->indent && !json_indent(b, o->indent, level + 1)) return false;
             if (!json_key(b, v.d->keys[i], o) || !sb_adds(b, o->key_sep) ||
                 !json_val(b, v.d->vals[i], o, level + 1))
                 return false;
         }
-        if (o->indent >= 0 && !json_indent(b, o->indent, level)) return false;
+        if (o->indent && !json_indent(b, o->indent, level)) return false;
         return sb_addc(b, '}');
     }
     default:
@@ -617,9 +617,9 @@ static bool json_val(sbuf *b, tval v, const json_opts *o, int level) {
     }
 }
 
-bool tv_to_json(sbuf *b, tval v, int indent, const char *item_sep, const char *key_sep,
+bool tv_to_json(sbuf *b, tval v, const char *indent, const char *item_sep, const char *key_sep,
                 bool sort_keys, const char **err_type) {
-    json_opts o = {indent, item_sep ? item_sep : (indent >= 0 ? "," : ", "),
+    json_opts o = {indent, item_sep ? item_sep : (indent ? "," : ", "),
                    key_sep ? key_sep : ": ", sort_keys, err_type};
     *err_type = NULL;
     return json_val(b, v, &o, 0);

@@ -300,6 +300,9 @@ SNIPPETS = [
     "{% if true %}{% set q = 1 %}{% endif %}{{ q }}{% macro m() %}{{ later }}{% endmacro %}{% set later = 5 %}{{ m() }}{% for i in l %}{% set inner = 1 %}{% endfor %}{{ inner }}",
     "{% for i in l %}{% for j in l %}{{ loop.index }}{% endfor %}{{ loop.index }}{% endfor %}{% set x = 1 %}{% macro m() %}{% set x = x + 1 %}{{ x }}{% endmacro %}{{ m() }}{{ x }}",
     "{% for i in l %}{% set x = (x | default(0)) + i %}{{ x }}{% endfor %}",
+    "{% set g = l | select('odd') %}{% for x in g %}{{ x }}{% endfor %}|{% for x in g %}{{ x }}{% endfor %}|{% set h = l | map('string') %}{{ h | first }}{{ h | list }}{% set k = l | reject('none') %}{{ 1 in k }}{{ k | list }}",
+    "{% for a, (b, c) in [(1, (2, 3)), (4, (5, 6))] %}{{ a }}{{ b }}{{ c }}{% endfor %}{% set (p, q), r = (1, 2), 3 %}{{ p }}{{ q }}{{ r }}",
+    "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
 
