@@ -192,6 +192,15 @@ def contexts():
         {"role": "assistant", "content": " Hello Alice! "},
         {"role": "user", "content": "  spaces around  "},
     ], "add_generation_prompt": True}
+    long_msgs = [{"role": "system", "content": "Long session."}]
+    for i in range(40):
+        long_msgs.append({"role": "user", "content": "Step %d: continue." % i})
+        if i % 3 == 0:
+            long_msgs.append({"role": "assistant", "content": "",
+                              "tool_calls": [tool_call("call_%d" % i, "search", {"query": "step %d" % i})]})
+            long_msgs.append({"role": "tool", "tool_call_id": "call_%d" % i, "content": "found %d" % i})
+        long_msgs.append({"role": "assistant", "content": "Done with step %d." % i})
+    c["long_conversation"] = {"messages": long_msgs, "tools": [SEARCH_TOOL], "add_generation_prompt": False}
     out = {}
     for name, ctx in c.items():
         d = dict(base)

@@ -3,7 +3,7 @@
 # golden conversations of tests/ref/template_ref.py must be byte-identical to Python's jinja2
 # (configured as transformers does), or raise the same message where jinja2 raises.
 # Expectations are generated now (never committed). Known gaps are listed, with a reason, in
-# tests/ref/template_known_failures.txt ("template context reason"); they are reported as
+# tests/ref/template_known_failures.txt ("template/context reason"); they are reported as
 # expected failures and do not fail the suite (a listed case that passes is reported too).
 # Prints passed/total per template, then "N passed, N failed".
 set -u
@@ -26,9 +26,9 @@ fi
 
 declare -A known
 if [ -f "$known_file" ]; then
-    while read -r t c reason; do
-        [[ -z "$t" || "$t" == \#* ]] && continue
-        known["$t/$c"]=$reason
+    while read -r key reason; do
+        [[ -z "$key" || "$key" == \#* ]] && continue
+        known["$key"]=$reason
     done <"$known_file"
 fi
 
