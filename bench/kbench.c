@@ -2,7 +2,8 @@
  * (q/o 2048x2048, k/v 256x2048, gate/up 5632x2048, down 2048x5632) for each weight type and
  * activation row count, and reports min/median over repeats as GB/s of weights and GMAC/s.
  * Build: cc -O2 -Isrc -fopenmp bench/kbench.c build/release/libkiln.a -lm -o build/kbench
- * Usage: build/kbench [TABLE (ref|avx2|avx512; default: best)] [THREADS] [REPEATS] [TYPES] [NX] */
+ * Usage: build/kbench [TABLE (ref|avx2|avx512; default: best)] [THREADS] [REPEATS] [TYPES] [NX] [DIV]
+ * DIV divides every output dimension (e.g. 32: the weights fit in L2, to time compute alone). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,12 +57,14 @@ int main(int argc, char **argv) {
     int nt = argc > 2 ? atoi(argv[2]) : 2, reps = argc > 3 ? atoi(argv[3]) : 5;
     const char *types = argc > 4 ? argv[4] : "q4_0,q8_0,f16";
     const char *nxs = argc > 5 ? argv[5] : "1,16,128";
+    const int64_t div = argc > 6 ? atoi(argv[6]) : 1;
     static const struct { const char *name; kiln_wtype t; } tn[] = {
         {"f32", KILN_WTYPE_F32}, {"f16", KILN_WTYPE_F16}, {"bf16", KILN_WTYPE_BF16},
         {"q8_0", KILN_WTYPE_Q8_0}, {"q4_0", KILN_WTYPE_Q4_0}};
     /* one TinyLlama layer: q, k, v, o, gate, up, down */
-    const int64_t shapes[7][2] = {{2048, 2048}, {256, 2048}, {256, 2048}, {2048, 2048},
-                                  {5632, 2048}, {5632, 2048}, {2048, 5632}};
+    int64_t shapes[7][2] = {{2048, 2048}, {256, 2048}, {256, 2048}, {2048, 2048},
+                            {5632, 2048}, {5632, 2048}, {2048, 5632}};
+    for (int s = 0; s < 7; s++) shapes[s][0] /= div > 0 ? div : 1;
     kiln_rng r;
     kiln_rng_seed(&r, 1);
     printf("table %s, %d threads, %d repeats (min / median)\n", k->name, nt, reps);

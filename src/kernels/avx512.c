@@ -110,33 +110,115 @@ static inline __m256i hsum8x8(const __m256i s[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-#define DW_CHUNK 64 /* blocks whose weight scales are converted at a time */
+/* Blocks b and b + 1 of a row as 64 unsigned bytes (value = byte - off). Q8_0: element order;
+ * Q4_0: 16-byte lanes [low nibbles b, low b + 1, high b, high b + 1] (pair_perm reorders the
+ * activations the same way). */
+static inline __attribute__((always_inline)) __m512i unpack_pair(kiln_wtype t, const uint8_t *row, int64_t b) {
+    if (t == KILN_WTYPE_Q4_0) {
+        const kiln_block_q4_0 *bl = (const kiln_block_q4_0 *)row + b;
+        __m256i x = _mm256_loadu2_m128i((const __m128i *)bl[1].qs, (const __m128i *)bl[0].qs);
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1);
+        return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+    }
+    const kiln_block_q8_0 *bl = (const kiln_block_q8_0 *)row + b;
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bl[0].qs)),
+                                   _mm256_loadu_si256((const __m256i *)bl[1].qs), 1);
+    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+}
+
+/* Activations of blocks b, b + 1 in unpack_pair's order. */
+static inline __attribute__((always_inline)) __m512i act_pair(kiln_wtype t, const int8_t *q) {
+    __m512i a = _mm512_loadu_si512(q);
+    if (t != KILN_WTYPE_Q4_0) return a;
+    /* 64-bit words: b low half 0,1; b high half 2,3; b+1 low 4,5; b+1 high 6,7 */
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), a);
+}
+
+/* s[i] holds row i's products for blocks b (dwords of 128-bit lanes 0 and 2 for Q4_0, lanes 0
+ * and 1 for Q8_0) and b + 1; returns row sums: *vb for block b, *vb1 for b + 1 (lane = row). */
+static inline __attribute__((always_inline)) void hsum_pair(kiln_wtype t, const __m512i s[8], __m256i *vb,
+                                                            __m256i *vb1) {
+    __m256i f[8];
+    for (int i = 0; i < 8; i++) {
+        if (t == KILN_WTYPE_Q4_0) /* [b, b+1, b, b+1] -> [b, b+1] */
+            f[i] = _mm256_add_epi32(_mm512_castsi512_si256(s[i]), _mm512_extracti64x4_epi64(s[i], 1));
+        else { /* [b, b, b+1, b+1] -> [b, b+1] */
+            __m512i even = _mm512_shuffle_i64x2(s[i], s[i], _MM_SHUFFLE(0, 0, 2, 0));
+            __m512i odd = _mm512_shuffle_i64x2(s[i], s[i], _MM_SHUFFLE(0, 0, 3, 1));
+            f[i] = _mm256_add_epi32(_mm512_castsi512_si256(even), _mm512_castsi512_si256(odd));
+        }
+    }
+    __m256i h0 = _mm256_hadd_epi32(f[0], f[1]), h1 = _mm256_hadd_epi32(f[2], f[3]);
+    __m256i h2 = _mm256_hadd_epi32(f[4], f[5]), h3 = _mm256_hadd_epi32(f[6], f[7]);
+    __m256i u0 = _mm256_hadd_epi32(h0, h1), u1 = _mm256_hadd_epi32(h2, h3);
+    /* u0: lane 0 = rows 0-3 of b, lane 1 = rows 0-3 of b + 1; u1 the same for rows 4-7 */
+    *vb = _mm256_permute2x128_si256(u0, u1, 0x20);
+    *vb1 = _mm256_permute2x128_si256(u0, u1, 0x31);
+}
+
+/* One block's step for activation row r: acc += float(sum + corr) * (d_w * d_x). */
+static inline __attribute__((always_inline)) __m256 gemv_step(__m256 acc, __m256i v, const qact *a, int64_t r,
+                                                               int64_t b, __m256 dw) {
+    v = _mm256_add_epi32(v, _mm256_set1_epi32(a->corr[r * a->nb + b]));
+    __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[r * a->nb + b]));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);
+}
+
+/* Blocks ahead whose weight bytes are prefetched (eight row streams at once outrun the hardware
+ * prefetcher). A hint only: reading past the matrix is harmless. */
+#define PREFETCH_BLOCKS 12
 
 /* Rows [o0, o0 + 8) (clamped to n_out) against activation rows [c0, c0 + nc), nc <= 4. */
-static inline void q_gemv8(kiln_wtype t, const uint8_t *w, size_t row_bytes, int64_t n_out, int64_t o0,
-                           const qact *a, int64_t c0, int nc, float *y) {
+static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const uint8_t *w, size_t row_bytes,
+                                                          int64_t n_out, int64_t o0, const qact *a, int64_t c0,
+                                                          int nc, float *y) {
+    const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
     const uint8_t *rp[8];
-    for (int i = 0; i < 8; i++) rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
+    int32_t off[8];
+    for (int i = 0; i < 8; i++) {
+        rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
+        off[i] = (int32_t)(rp[i] - rp[0]);
+    }
+    /* gather index of the scale of (row i, block b + k): lanes 0-7 block b, 8-15 block b + 1 */
+    const __m512i didx = _mm512_setr_epi32(off[0], off[1], off[2], off[3], off[4], off[5], off[6], off[7],
+                                           off[0] + (int)bb, off[1] + (int)bb, off[2] + (int)bb, off[3] + (int)bb,
+                                           off[4] + (int)bb, off[5] + (int)bb, off[6] + (int)bb, off[7] + (int)bb);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float dwf[DW_CHUNK][8];
-    for (int64_t b0 = 0; b0 < a->nb; b0 += DW_CHUNK) {
-        int64_t nbk = KILN_MIN(DW_CHUNK, a->nb - b0);
-        for (int64_t j = 0; j < nbk; j++)
-            for (int i = 0; i < 8; i++) dwf[j][i] = f16(block_d(t, rp[i], b0 + j));
-        for (int64_t j = 0; j < nbk; j++) {
-            int64_t b = b0 + j;
-            __m256i wv[8];
-            for (int i = 0; i < 8; i++) wv[i] = unpack_block(t, rp[i], b);
-            __m256 dw = _mm256_loadu_ps(dwf[j]);
-            for (int c = 0; c < nc; c++) {
-                int64_t r = c0 + c;
-                __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + r * a->nb * 32 + b * 32));
-                __m256i s[8];
-                for (int i = 0; i < 8; i++) s[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[i], av);
-                __m256i v = _mm256_add_epi32(hsum8x8(s), _mm256_set1_epi32(a->corr[r * a->nb + b]));
-                __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[r * a->nb + b]));
-                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[c]);
-            }
+    int64_t b = 0;
+    for (; b + 2 <= a->nb; b += 2) {
+        __m512i wv[8];
+        for (int i = 0; i < 8; i++) {
+            _mm_prefetch((const char *)(rp[i] + (size_t)(b + PREFETCH_BLOCKS) * bb), _MM_HINT_T0);
+            wv[i] = unpack_pair(t, rp[i], b);
+        }
+        __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
+        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+        __m256 dw0 = _mm512_castps512_ps256(dw), dw1 = _mm512_extractf32x8_ps(dw, 1);
+        for (int c = 0; c < nc; c++) {
+            int64_t r = c0 + c;
+            __m512i av = act_pair(t, a->q + (r * a->nb + b) * 32);
+            __m512i sv[8];
+            for (int i = 0; i < 8; i++) sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
+            __m256i vb, vb1;
+            hsum_pair(t, sv, &vb, &vb1);
+            acc[c] = gemv_step(acc[c], vb, a, r, b, dw0);
+            acc[c] = gemv_step(acc[c], vb1, a, r, b + 1, dw1);
+        }
+    }
+    if (b < a->nb) { /* odd block count: the last block alone */
+        __m256i wv[8];
+        float dwf[8];
+        for (int i = 0; i < 8; i++) {
+            wv[i] = unpack_block(t, rp[i], b);
+            dwf[i] = f16(block_d(t, rp[i], b));
+        }
+        __m256 dw = _mm256_loadu_ps(dwf);
+        for (int c = 0; c < nc; c++) {
+            int64_t r = c0 + c;
+            __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (r * a->nb + b) * 32));
+            __m256i sv[8];
+            for (int i = 0; i < 8; i++) sv[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[i], av);
+            acc[c] = gemv_step(acc[c], hsum8x8(sv), a, r, b, dw);
         }
     }
     __mmask8 m = (__mmask8)((1u << KILN_MIN(8, n_out - o0)) - 1);
@@ -239,8 +321,11 @@ static void q_gemv_part(void *ctx, int ith, int nth) {
     int64_t lo, hi;
     kiln_pool_range((j->n_out + 7) / 8, ith, nth, &lo, &hi);
     for (int64_t g = lo; g < hi; g++)
-        for (int64_t c0 = 0; c0 < j->n_x; c0 += 4)
-            q_gemv8(j->t, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, (int)KILN_MIN(4, j->n_x - c0), j->y);
+        for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
+            int nc = (int)KILN_MIN(4, j->n_x - c0);
+            if (j->t == KILN_WTYPE_Q4_0) q_gemv8(KILN_WTYPE_Q4_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
+            else q_gemv8(KILN_WTYPE_Q8_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
+        }
 }
 
 static void q_gemm_part(void *ctx, int ith, int nth) {
