@@ -177,6 +177,14 @@ static void tokenizer_endpoints(void) {
     resp w = request("POST", "/tokenize", AUTH, "{\"prompt\":\"user: hi\\nassistant:\"}");
     CHECK_EQ_INT(r.status, 200);
     CHECK_STR(r.body, w.body);
+    /* continue_final_message: the prompt ends with the assistant's partial content */
+    r = request("POST", "/tokenize", AUTH,
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\","
+                "\"content\":\"Once upon\"}],\"add_generation_prompt\":false,"
+                "\"continue_final_message\":true}");
+    w = request("POST", "/tokenize", AUTH, "{\"prompt\":\"user: hi\\nassistant: Once upon\"}");
+    CHECK_EQ_INT(r.status, 200);
+    CHECK_STR(r.body, w.body);
 }
 
 static void keep_alive_and_half_requests(void) {
