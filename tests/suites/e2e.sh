@@ -4,7 +4,8 @@
 # (--max-num-seqs 1 --max-queued-requests 1, for queueing, 503 and cancel-while-queued) and one
 # with --chat-template (a real model's template), --max-num-seqs 1 and --request-timeout 2, then
 # runs tests/e2e/*.test.mjs with the official `openai` npm package under `node --test`. Then the
-# error-path tests once more against the ASan/UBSan binary, whose log must stay clean.
+# error-path and cancellation tests once more against ASan/UBSan binaries, whose logs must stay
+# clean.
 # Prints the node TAP output, then "N passed, N failed".
 set -u
 root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -110,29 +111,41 @@ export NODE_PATH="$root/tests/node_modules"
 
 run_node release "$root"/tests/e2e/*.test.mjs
 
-# The error paths again under ASan/UBSan: never a crash, a sanitizer report or a leak.
+# The error and cancellation paths again under ASan/UBSan: never a crash, a sanitizer report or
+# a leak (the servers are stopped with SIGTERM and must exit cleanly).
+check_asan_exit() { # PID LOG
+    local p=$1 log=$2 rc
+    kill -TERM "$p" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    wait "$p" 2>/dev/null
+    rc=$?
+    if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log"; then
+        echo "FAIL $(basename "$log"): sanitizer report:"
+        grep -E -A 20 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log" | head -40
+        fail=$((fail + 1))
+    elif [ "$rc" -ne 0 ]; then
+        echo "FAIL $(basename "$log"): exit status $rc"
+        tail -n 20 "$log"
+        fail=$((fail + 1))
+    else
+        echo "ok   $(basename "$log"): clean log and clean exit after SIGTERM"
+        pass=$((pass + 1))
+    fi
+}
 if [ -x "$bin_asan" ]; then
     if start_server "$logs/server-asan.log" "$bin_asan" "${common[@]}" --api-key "$key"; then
-        export KILN_URL="http://127.0.0.1:$srv_port"
-        export KILN_SKIP_SLOW=1
-        run_node asan "$root/tests/e2e/errors.test.mjs"
-        apid=$srv_pid
-        kill -TERM "$apid" 2>/dev/null
-        for _ in $(seq 1 100); do kill -0 "$apid" 2>/dev/null || break; sleep 0.1; done
-        wait "$apid" 2>/dev/null
-        arc=$?
-        if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$logs/server-asan.log"; then
-            echo "FAIL asan server log has a sanitizer report:"
-            grep -E -A 20 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$logs/server-asan.log" | head -40
-            fail=$((fail + 1))
-        elif [ "$arc" -ne 0 ]; then
-            echo "FAIL asan server exited with status $arc"
-            tail -n 20 "$logs/server-asan.log"
-            fail=$((fail + 1))
+        asan_pid=$srv_pid
+        asan_port=$srv_port
+        if start_server "$logs/server-asan-tight.log" "$bin_asan" "${common[@]}" --api-key "$key" \
+                --max-num-seqs 1 --max-queued-requests 1; then
+            export KILN_URL="http://127.0.0.1:$asan_port"
+            export KILN_URL_TIGHT="http://127.0.0.1:$srv_port"
+            run_node asan "$root/tests/e2e/errors.test.mjs" "$root/tests/e2e/cancel.test.mjs"
+            check_asan_exit "$srv_pid" "$logs/server-asan-tight.log"
         else
-            echo "ok   asan server: clean log and clean exit after SIGTERM"
-            pass=$((pass + 1))
+            fail=$((fail + 1))
         fi
+        check_asan_exit "$asan_pid" "$logs/server-asan.log"
     else
         fail=$((fail + 1))
     fi
