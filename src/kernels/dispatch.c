@@ -25,6 +25,7 @@ static const struct {
     bool (*supported)(void);
 } candidates[] = {
     {&kiln_kernels_avx512, has_avx512},
+    {&kiln_kernels_avx2, has_avx2},
     {&kiln_kernels_ref, NULL},
 };
 
