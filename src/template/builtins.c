@@ -456,51 +456,195 @@ static kiln_err str_join(rstate *st, int line, tval sep, tval seq, tval *out) {
     return KILN_OK;
 }
 
-/* str.format with {} / {0} / {name} fields and no format specs */
+/* One replacement field of str.format: value, conversion (!r/!s) and a format spec in Python's
+ * mini-language ([[fill]align][sign][#][0][width][,|_][.precision][type]). */
+static kiln_err format_field(rstate *st, int line, sbuf *b, tval v, char conv, const char *spec, size_t spec_n) {
+    char fill = ' ', align = 0, sign = '-', type = 0, grouping = 0;
+    bool alt = false, zero = false;
+    long width = -1, prec = -1;
+    size_t k = 0;
+    if (spec_n >= 2 && strchr("<>^=", spec[1])) {
+        fill = spec[0];
+        align = spec[1];
+        k = 2;
+    } else if (spec_n >= 1 && strchr("<>^=", spec[0])) {
+        align = spec[0];
+        k = 1;
+    }
+    if (k < spec_n && strchr("+- ", spec[k])) sign = spec[k++];
+    if (k < spec_n && spec[k] == '#') alt = true, k++;
+    if (k < spec_n && spec[k] == '0') zero = true, k++;
+    while (k < spec_n && spec[k] >= '0' && spec[k] <= '9' && width < 100000) width = (width < 0 ? 0 : width * 10) + (spec[k++] - '0');
+    if (k < spec_n && (spec[k] == ',' || spec[k] == '_')) grouping = spec[k++];
+    if (k < spec_n && spec[k] == '.') {
+        k++;
+        prec = 0;
+        while (k < spec_n && spec[k] >= '0' && spec[k] <= '9' && prec < 1000) prec = prec * 10 + (spec[k++] - '0');
+    }
+    if (k < spec_n) type = spec[k++];
+    if (k < spec_n) return rt_error(st, line, KILN_ERR_INVALID, "Invalid format specifier");
+    (void)alt;
+    sbuf body;
+    sb_init(&body, A(st), rs_max_output(st));
+    bool numeric = false;
+    if (conv || v.t == TV_STR || v.t == TV_NONE || v.t == TV_LIST || v.t == TV_DICT || v.t == TV_UNDEF) {
+        if (type && type != 's') return rt_error(st, line, KILN_ERR_INVALID, "Unknown format code '%c' for object of type '%s'", type, tv_type_name(v));
+        if (v.t != TV_STR && !conv && spec_n)
+            return rt_error(st, line, KILN_ERR_INVALID, "unsupported format string passed to %s.__format__", tv_type_name(v));
+        sbuf t;
+        sb_init(&t, A(st), rs_max_output(st));
+        if (!tv_to_str(&t, v, conv == 'r')) return rt_sb_fail(st, &t, line);
+        size_t n = t.n;
+        if (prec >= 0) {
+            size_t cps = 0, off = 0;
+            while (off < t.n && cps < (size_t)prec) {
+                off++;
+                while (off < t.n && ((unsigned char)t.p[off] & 0xc0) == 0x80) off++;
+                cps++;
+            }
+            n = off;
+        }
+        sb_add(&body, t.p ? t.p : "", n);
+        if (!align) align = '<';
+    } else {
+        numeric = true;
+        bool is_float = v.t == TV_FLOAT || (type && strchr("eEfFgG%", type));
+        char buf[512];
+        if (!is_float) {
+            long long x = v.t == TV_INT ? v.i : v.b;
+            if (type == 'x' || type == 'X' || type == 'o' || type == 'b') {
+                unsigned long long ux = x < 0 ? (unsigned long long)(-(x + 1)) + 1 : (unsigned long long)x;
+                char digits[80];
+                int nd = 0;
+                unsigned base = type == 'o' ? 8 : type == 'b' ? 2 : 16;
+                do {
+                    unsigned dgt = (unsigned)(ux % base);
+                    digits[nd++] = (char)(dgt < 10 ? '0' + dgt : (type == 'X' ? 'A' : 'a') + dgt - 10);
+                    ux /= base;
+                } while (ux);
+                int o = 0;
+                if (x < 0) buf[o++] = '-';
+                else if (sign == '+' || sign == ' ') buf[o++] = sign;
+                if (alt) {
+                    buf[o++] = '0';
+                    buf[o++] = type == 'X' ? 'X' : type;
+                }
+                while (nd) buf[o++] = digits[--nd];
+                buf[o] = 0;
+            } else if (!type || type == 'd' || type == 'n') {
+                snprintf(buf, sizeof buf, sign == '+' ? "%+lld" : sign == ' ' ? "% lld" : "%lld", x);
+            } else {
+                return rt_error(st, line, KILN_ERR_INVALID, "Unknown format code '%c' for object of type 'int'", type);
+            }
+        } else {
+            double x = v.t == TV_FLOAT ? v.f : v.t == TV_INT ? (double)v.i : v.b;
+            char f[16];
+            int pr = prec < 0 ? 6 : (int)KILN_MIN(prec, 300);
+            if (!type) {
+                if (prec < 0) {
+                    fmt_float(buf, sizeof buf, x);
+                    if (sign == '+' && x >= 0) memmove(buf + 1, buf, strlen(buf) + 1), buf[0] = '+';
+                } else {
+                    snprintf(f, sizeof f, "%%%s.%dg", sign == '+' ? "+" : sign == ' ' ? " " : "", pr ? pr : 1);
+                    snprintf(buf, sizeof buf, f, x);
+                }
+            } else if (type == '%') {
+                snprintf(f, sizeof f, "%%%s.%df%%%%", sign == '+' ? "+" : sign == ' ' ? " " : "", pr);
+                snprintf(buf, sizeof buf, f, x * 100);
+            } else {
+                snprintf(f, sizeof f, "%%%s.%d%c", sign == '+' ? "+" : sign == ' ' ? " " : "", pr, type);
+                snprintf(buf, sizeof buf, f, x);
+            }
+        }
+        if (grouping) {
+            /* insert separators into the integer digits */
+            char tmp[sizeof buf + 200];
+            const char *d = buf;
+            size_t o = 0;
+            while (*d && !(*d >= '0' && *d <= '9')) tmp[o++] = *d++;
+            size_t nd = 0;
+            while (d[nd] >= '0' && d[nd] <= '9') nd++;
+            for (size_t q = 0; q < nd; q++) {
+                tmp[o++] = d[q];
+                if ((nd - q - 1) % 3 == 0 && q + 1 < nd) tmp[o++] = grouping;
+            }
+            snprintf(tmp + o, sizeof tmp - o, "%s", d + nd);
+            snprintf(buf, sizeof buf, "%.*s", (int)sizeof buf - 1, tmp);
+        }
+        sb_adds(&body, buf);
+        if (!align) align = zero ? '=' : '>';
+        if (zero && fill == ' ' && align == '=') fill = '0';
+    }
+    if (body.failed) return rt_sb_fail(st, &body, line);
+    size_t len = 0;
+    for (size_t q = 0; q < body.n; q++) len += ((unsigned char)body.p[q] & 0xc0) != 0x80;
+    size_t pad = width > 0 && (size_t)width > len ? (size_t)width - len : 0;
+    size_t left = align == '<' ? 0 : align == '^' ? pad / 2 : pad;
+    size_t right = pad - left;
+    size_t sign_len = 0;
+    if (numeric && align == '=' && body.n && (body.p[0] == '-' || body.p[0] == '+' || body.p[0] == ' ')) sign_len = 1;
+    if (!sb_add(b, body.p ? body.p : "", sign_len)) return rt_sb_fail(st, b, line);
+    for (size_t q = 0; q < left; q++)
+        if (!sb_addc(b, fill)) return rt_sb_fail(st, b, line);
+    if (!sb_add(b, body.p ? body.p + sign_len : "", body.n - sign_len)) return rt_sb_fail(st, b, line);
+    for (size_t q = 0; q < right; q++)
+        if (!sb_addc(b, fill)) return rt_sb_fail(st, b, line);
+    return KILN_OK;
+}
+
+/* str.format: {} / {0} / {name} fields, !r / !s, and a format spec */
 static kiln_err str_format_method(rstate *st, int line, tval fmt, call_args *ca, tval *out) {
     sbuf b;
     sb_init(&b, A(st), rs_max_output(st));
-    sb_add(&b, "", 0);
     size_t auto_idx = 0;
     const char *p = fmt.s.p, *e = p + fmt.s.n;
     while (p < e) {
-        if (*p == '{' && p + 1 < e && p[1] == '{') {
-            sb_addc(&b, '{');
+        if ((*p == '{' || *p == '}') && p + 1 < e && p[1] == *p) {
+            sb_addc(&b, *p);
             p += 2;
             continue;
         }
-        if (*p == '}' && p + 1 < e && p[1] == '}') {
-            sb_addc(&b, '}');
-            p += 2;
-            continue;
-        }
+        if (*p == '}') return rt_error(st, line, KILN_ERR_INVALID, "Single '}' encountered in format string");
         if (*p != '{') {
             if (!sb_addc(&b, *p++)) return rt_sb_fail(st, &b, line);
             continue;
         }
         const char *q = memchr(p, '}', (size_t)(e - p));
         if (!q) return rt_error(st, line, KILN_ERR_INVALID, "Single '{' encountered in format string");
-        size_t fl = (size_t)(q - p - 1);
+        const char *f = p + 1, *fe = q;
+        const char *colon = memchr(f, ':', (size_t)(fe - f));
+        const char *name_end = colon ? colon : fe;
+        const char *bang = memchr(f, '!', (size_t)(name_end - f));
+        char conv = 0;
+        if (bang) {
+            conv = bang + 1 < name_end ? bang[1] : 0;
+            if (conv != 'r' && conv != 's' && conv != 'a') return rt_error(st, line, KILN_ERR_INVALID, "Unknown conversion specifier");
+            name_end = bang;
+        }
+        size_t fl = (size_t)(name_end - f);
         tval v;
         bool found = false;
         if (!fl) {
             found = auto_idx < ca->n_pos;
             if (found) v = ca->pos[auto_idx++];
-        } else if (p[1] >= '0' && p[1] <= '9') {
-            size_t idx = (size_t)atoi(p + 1);
+        } else if (f[0] >= '0' && f[0] <= '9') {
+            size_t idx = (size_t)atoi(f);
             found = idx < ca->n_pos;
             if (found) v = ca->pos[idx];
         } else {
             for (size_t i = 0; i < ca->n_kw; i++)
-                if (strlen(ca->kw_names[i]) == fl && !strncmp(ca->kw_names[i], p + 1, fl)) {
+                if (strlen(ca->kw_names[i]) == fl && !strncmp(ca->kw_names[i], f, fl)) {
                     v = ca->kw_vals[i];
                     found = true;
                 }
+            if (!found) return rt_error(st, line, KILN_ERR_INVALID, "'%.*s'", (int)KILN_MIN(fl, 200), f);
         }
-        if (!found) return rt_error(st, line, KILN_ERR_INVALID, "Replacement index out of range for positional args tuple");
-        if (!tv_to_str(&b, v, false)) return rt_sb_fail(st, &b, line);
+        if (!found) return rt_error(st, line, KILN_ERR_INVALID, "Replacement index %zu out of range for positional args tuple", auto_idx);
+        kiln_err err = format_field(st, line, &b, v, conv == 'a' ? 'r' : conv, colon ? colon + 1 : "", colon ? (size_t)(fe - colon - 1) : 0);
+        if (err) return err;
         p = q + 1;
     }
+    if (b.failed) return rt_sb_fail(st, &b, line);
     *out = sb_val(&b);
     return KILN_OK;
 }

@@ -311,6 +311,8 @@ SNIPPETS = [
     "{% for i in l %}{% set x = (x | default(0)) + i %}{{ x }}{% endfor %}",
     "{% set g = l | select('odd') %}{% for x in g %}{{ x }}{% endfor %}|{% for x in g %}{{ x }}{% endfor %}|{% set h = l | map('string') %}{{ h | first }}{{ h | list }}{% set k = l | reject('none') %}{{ 1 in k }}{{ k | list }}",
     "{% for a, (b, c) in [(1, (2, 3)), (4, (5, 6))] %}{{ a }}{{ b }}{{ c }}{% endfor %}{% set (p, q), r = (1, 2), 3 %}{{ p }}{{ q }}{{ r }}",
+    "{{ '{:>8}|{:<6}|{:^7}|{:*^9}|{:08.3f}|{:+d}|{:,}|{:x}|{:#X}|{:.2%}|{!r}|{:.3}|{:e}|{:g}|{}|{:5}|{:05d}'.format('r', 'l', 'c', 'st', f, n, big, 255, 255, 0.256, s, 'abcdef', 1234.5, 0.0001, f, n, neg) }}",
+    "{{ '{0}{1}{0}'.format('a', 'b') }}{{ '{name} is {age:d}'.format(name='x', age=3) }}{{ '{{}} {}'.format(1) }}{{ '{:.1f}'.format(2) }}{{ '{:,.2f}'.format(1234567.891) }}{{ '{:=+8d}'.format(-42) }}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
