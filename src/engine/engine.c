@@ -9,12 +9,14 @@
 #include "engine/engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #define TERM_MSG_BYTES 512 /* message room of the preallocated terminal event */
+#define LP_ROWS_BYTES ((size_t)32 << 20) /* logits of prompt-logprob rows per step */
 
 /* An event and its link in a queue; ev first so that a kiln_event * is the node. */
 typedef struct evnode {
@@ -48,6 +50,8 @@ typedef struct seq {
     struct seq *prev, *next;   /* links in waiting or running */
     int32_t n_sched;           /* rows scheduled in the current step */
     int32_t i_logits;          /* logits row of the current step, -1 if none */
+    bool lp_rows;              /* this step: every row wants logits (prompt logprobs) */
+    int32_t i_lp0;             /* this step: logits row of the first scheduled row */
 } seq;
 
 typedef struct seq_list {
@@ -69,6 +73,11 @@ typedef struct ereq {
     int32_t *stop_ids;         /* (n_stop_ids,) owned */
     int32_t n_stop_ids;
     seq *seqs;                 /* (n,) owned */
+    int32_t n_prompt_lp;       /* top alternatives per prompt position; -1 = no prompt logprobs */
+    bool lp_pending;           /* the PROMPT_LOGPROBS event is still to be posted */
+    float *lp;                 /* (n_prompt,) logprob of prompt token p given 0..p-1 (lp[0] = 0) */
+    kiln_token_logprob *lp_top;/* (n_prompt, n_prompt_lp) alternatives at each position */
+    int32_t *prompt;           /* (n_prompt,) copy, for the PROMPT_LOGPROBS event */
     evnode *term;              /* preallocated terminal event, handed over when posted */
     int32_t n_done;            /* finished choices */
     int32_t n_completion;      /* generated tokens over all choices */
@@ -121,6 +130,7 @@ struct kiln_engine {
     kiln_sample_scratch *scratch;
     float *logits;                 /* (cap_logits, n_vocab) */
     int32_t cap_logits;
+    int32_t lp_rows_per_step;      /* most prompt-logprob rows in one step */
     kiln_batch_row *rows;          /* (max_num_batched_tokens,) */
     kiln_batch_seq *bseqs;         /* (max_num_seqs,) */
     seq **sched;                   /* (max_num_seqs,) sequences of the current batch */
@@ -231,6 +241,9 @@ static void req_destroy(kiln_engine *e, ereq *r) {
         kiln_free(r->seqs);
     }
     kiln_free(r->stop_ids);
+    kiln_free(r->lp);
+    kiln_free(r->lp_top);
+    kiln_free(r->prompt);
     kiln_free(r->term);
     kiln_free(r);
 }
@@ -299,9 +312,10 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
                              kiln_errf(KILN_ERR_INVALID,
                                        "stop_token_ids: token id %d out of range [0, %d)",
                                        (int)r->stop_token_ids[i], (int)e->n_vocab));
-    if (r->n_prompt_logprobs != -1)
+    if (r->n_prompt_logprobs < -1 || r->n_prompt_logprobs > KILN_MAX_TOP_LOGPROBS)
         return field_err(field, "prompt_logprobs",
-                         kiln_errf(KILN_ERR_UNSUPPORTED, "prompt_logprobs: not supported yet"));
+                         kiln_errf(KILN_ERR_INVALID, "prompt_logprobs: must be in [0, %d], got %d",
+                                   KILN_MAX_TOP_LOGPROBS, (int)r->n_prompt_logprobs));
     const char *sfield = NULL;
     if ((err = kiln_sampler_params_check(&r->sampling, e->n_vocab, &sfield)) != KILN_OK)
         return field_err(field, sfield, err);
@@ -343,6 +357,19 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
     q->ignore_eos = r->ignore_eos;
     q->include_stop = r->include_stop_str_in_output;
     q->want_logprobs = r->sampling.n_top_logprobs >= 0;
+    q->n_prompt_lp = r->n_prompt_logprobs;
+    if (q->n_prompt_lp >= 0) {
+        q->lp_pending = true;
+        q->lp = kiln_calloc((size_t)r->n_prompt, sizeof(float));
+        q->prompt = kiln_malloc((size_t)r->n_prompt * sizeof(int32_t));
+        if (!q->lp || !q->prompt) goto out_nomem;
+        memcpy(q->prompt, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+        if (q->n_prompt_lp > 0) {
+            q->lp_top = kiln_calloc((size_t)r->n_prompt * (size_t)q->n_prompt_lp,
+                                    sizeof(kiln_token_logprob));
+            if (!q->lp_top) goto out_nomem;
+        }
+    }
     q->term = kiln_calloc(1, sizeof(evnode) + TERM_MSG_BYTES);
     q->seqs = kiln_calloc((size_t)r->n, sizeof(seq));
     if (!q->term || !q->seqs) goto out_nomem;
@@ -542,6 +569,70 @@ static kiln_err post_delta(kiln_engine *e, seq *s, const kiln_sample_result *res
     return KILN_OK;
 }
 
+/* Queues the PROMPT_LOGPROBS event of q (from q->lp / q->lp_top). */
+static kiln_err post_prompt_lp(kiln_engine *e, ereq *q) {
+    size_t n = (size_t)q->n_prompt, k = (size_t)q->n_prompt_lp;
+    size_t off_tok = (sizeof(evnode) + 7) & ~(size_t)7, off_top, total;
+    /* n <= max_model_len and k <= 20: these products cannot overflow size_t. */
+    off_top = off_tok + n * sizeof(kiln_event_token);
+    total = off_top + n * k * sizeof(kiln_token_logprob);
+    char *blk = kiln_malloc(total);
+    if (!blk) return kiln_errf(KILN_ERR_NOMEM, "engine: out of memory for prompt logprobs");
+    evnode *node = (evnode *)blk;
+    memset(node, 0, sizeof(*node));
+    kiln_event *ev = &node->ev;
+    ev->type = KILN_EVENT_PROMPT_LOGPROBS;
+    ev->request_id = q->id;
+    ev->user = q->user;
+    ev->index = -1;
+    ev->text = "";
+    ev->finish = KILN_FINISH_NONE;
+    ev->stop_token = -1;
+    ev->i_stop_str = -1;
+    ev->n_prompt_tokens = q->n_prompt;
+    ev->message = "";
+    kiln_event_token *t = (kiln_event_token *)(blk + off_tok);
+    kiln_token_logprob *top = (kiln_token_logprob *)(blk + off_top);
+    if (k) memcpy(top, q->lp_top, n * k * sizeof(*top));
+    for (size_t p = 0; p < n; p++) {
+        t[p].token = q->prompt[p];
+        t[p].logprob = p ? q->lp[p] : 0.0f;
+        t[p].n_top = p ? (int32_t)k : 0;
+        t[p].top = p && k ? top + p * k : NULL;
+    }
+    ev->tokens = t;
+    ev->n_tokens = (int32_t)n;
+    ev_push(&e->step_events, node);
+    return KILN_OK;
+}
+
+/* Raw log-softmax of one logits row (NaN counts as -inf): the logprob of `target` and the n_top
+ * best tokens by logprob desc, ties by lower id first. */
+static void row_logprobs(const float *x, int32_t V, int32_t target, int32_t n_top, float *lp_target,
+                         kiln_token_logprob *top) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < V; i++)
+        if (x[i] > mx) mx = x[i];
+    double sum = 0;
+    for (int32_t i = 0; i < V; i++)
+        if (x[i] > -INFINITY) sum += exp((double)x[i] - mx);
+    double lse = (double)mx + log(sum);
+    *lp_target = x[target] == x[target] ? (float)((double)x[target] - lse) : -INFINITY;
+    int32_t n = 0;
+    for (int32_t i = 0; i < V && n_top > 0; i++) {
+        float v = x[i] == x[i] ? x[i] : -INFINITY;
+        if (n == n_top && !(v > top[n - 1].logprob)) continue;
+        int32_t j = n < n_top ? n++ : n - 1;
+        while (j > 0 && v > top[j - 1].logprob) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j].token = i;
+        top[j].logprob = v; /* raw logit for now */
+    }
+    for (int32_t j = 0; j < n; j++) top[j].logprob = (float)((double)top[j].logprob - lse);
+}
+
 /* ---- scheduling (engine thread) ---- */
 
 /* Grows s's block table to cover positions [0, n_pos); stops early when the pool is empty. */
@@ -588,6 +679,14 @@ static void sample_one(kiln_engine *e, seq *s, float *logits) {
         if (!q->ignore_eos)
             for (int32_t i = 0; i < e->n_eog; i++) kiln_sampler_mask(s->sampler, e->eog[i]);
         for (int32_t i = 0; i < q->n_stop_ids; i++) kiln_sampler_mask(s->sampler, q->stop_ids[i]);
+    }
+    if (q->lp_pending && s->n_gen == 0) {
+        /* This choice computed the whole prompt with logits on every row. */
+        q->lp_pending = false;
+        if ((err = post_prompt_lp(e, q)) != KILN_OK) {
+            req_fail(e, q, err, kiln_errmsg());
+            return;
+        }
     }
     kiln_sample_result res;
     if ((err = kiln_sampler_sample(s->sampler, logits, &res)) != KILN_OK) {
@@ -691,6 +790,7 @@ static int32_t step(kiln_engine *e) {
         if (s->n_tokens - s->n_computed == 1) n_decode++;
     int32_t prefill_budget = budget - n_decode; /* decode rows are served first */
     int32_t used = 0;
+    int32_t lp_rows_left = e->lp_rows_per_step;
 
     /* Running sequences, oldest first; the newest is evicted when blocks run out, so the oldest
      * always advances. Victims come from the tail, which this loop has not reached yet. */
@@ -699,6 +799,8 @@ static int32_t step(kiln_engine *e) {
         KILN_ASSERT(need >= 1);
         int32_t chunk = need == 1 ? 1 : KILN_MIN(need, prefill_budget);
         s->n_sched = 0;
+        s->lp_rows = s->req->lp_pending && s->n_gen == 0;
+        if (s->lp_rows && need > 1) chunk = KILN_MIN(chunk, lp_rows_left);
         if (chunk == 0) continue;
         bool evicted_self = false;
         for (;;) {
@@ -720,6 +822,7 @@ static int32_t step(kiln_engine *e) {
         s->n_sched = chunk;
         used += chunk;
         if (need > 1) prefill_budget -= chunk;
+        if (s->lp_rows) lp_rows_left = KILN_MAX(0, lp_rows_left - chunk);
     }
 
     /* Admit waiting sequences (preempted ones first) while the whole of their known tokens fit
@@ -731,6 +834,12 @@ static int32_t step(kiln_engine *e) {
         int32_t need_blocks = (need + bs - 1) / bs;
         if (need_blocks > kiln_kv_n_free(e->kv)) break;
         int32_t chunk = KILN_MIN(need, budget - used);
+        s->lp_rows = s->req->lp_pending && s->n_gen == 0;
+        if (s->lp_rows) {
+            chunk = KILN_MIN(chunk, lp_rows_left);
+            if (chunk == 0) break;
+            lp_rows_left -= chunk;
+        }
         grow_blocks(e, s, chunk);
         KILN_ASSERT(s->n_blocks * bs >= chunk);
         list_remove(&e->waiting, s);
@@ -754,15 +863,17 @@ static int32_t step(kiln_engine *e) {
         e->bseqs[bi].n_blocks = s->n_blocks;
         e->sched[bi] = s;
         int32_t end = s->n_computed + s->n_sched;
+        s->i_lp0 = n_logits;
         for (int32_t p = s->n_computed; p < end; p++) {
             KILN_ASSERT(n_rows < e->opts.max_num_batched_tokens);
             kiln_batch_row *row = &e->rows[n_rows++];
             row->token = s->tokens[p];
             row->pos = p;
             row->seq = bi;
-            row->want_logits = p == s->n_tokens - 1;
+            row->want_logits = s->lp_rows || p == s->n_tokens - 1;
+            if (p == s->n_tokens - 1) s->i_logits = n_logits;
+            if (row->want_logits) n_logits++;
         }
-        if (end == s->n_tokens) s->i_logits = n_logits++;
         if (s->n_computed == 0 || s->n_tokens - s->n_computed > 1)
             e->acc.n_prompt_tokens += (uint64_t)s->n_sched;
     }
@@ -785,6 +896,18 @@ static int32_t step(kiln_engine *e) {
     }
     for (int32_t i = 0; i < n_seqs; i++) {
         seq *s = e->sched[i];
+        ereq *q = s->req;
+        if (s->lp_rows && q->lp_pending) {
+            /* Row at position p predicts prompt token p + 1 (before sampling edits any row). */
+            int32_t k = q->n_prompt_lp;
+            for (int32_t j = 0; j < s->n_sched; j++) {
+                int32_t p = s->n_computed + j;
+                if (p + 1 >= q->n_prompt) break;
+                row_logprobs(e->logits + (size_t)(s->i_lp0 + j) * (size_t)e->n_vocab, e->n_vocab,
+                             s->tokens[p + 1], k, &q->lp[p + 1],
+                             q->lp_top ? q->lp_top + (size_t)(p + 1) * (size_t)k : NULL);
+            }
+        }
         s->n_computed += s->n_sched;
         s->n_sched = 0;
     }
@@ -835,6 +958,8 @@ static void *engine_main(void *arg) {
         ereq *taken = e->inbox_head;
         e->inbox_head = e->inbox_tail = NULL;
         e->n_inbox = 0;
+        for (ereq *q = taken; q; q = q->inext) e->n_waiting_reqs++;
+        e->n_waiting_reqs_shared = e->n_waiting_reqs; /* no stale low count for submit */
         bool any_cancel = e->n_cancel_pending > 0;
         if (any_cancel) {
             for (ereq *q = e->all_head; q; q = q->anext)
@@ -851,7 +976,6 @@ static void *engine_main(void *arg) {
             q->enext = e->active_head;
             if (e->active_head) e->active_head->eprev = q;
             e->active_head = q;
-            e->n_waiting_reqs++;
             for (int32_t i = 0; i < q->n; i++) {
                 if (q->cancelled) q->seqs[i].state = SEQ_DONE; /* never queued */
                 else list_push_back(&e->waiting, &q->seqs[i]);
@@ -957,6 +1081,8 @@ kiln_err kiln_engine_new(kiln_model *model, const kiln_vocab *vocab, const kiln_
     e->sched = kiln_calloc((size_t)o.max_num_seqs, sizeof(*e->sched));
     if (!e->rows || !e->bseqs || !e->sched) goto out_nomem;
     if ((err = reserve_logits(e, KILN_MIN(o.max_num_seqs, 16))) != KILN_OK) goto out_free;
+    e->lp_rows_per_step = (int32_t)KILN_MIN((size_t)o.max_num_batched_tokens,
+                                            KILN_MAX((size_t)16, LP_ROWS_BYTES / ((size_t)e->n_vocab * sizeof(float))));
     int32_t n_tok = kiln_vocab_n_tokens(vocab);
     for (int32_t pass = 0; pass < 2; pass++) {
         int32_t n = 0;

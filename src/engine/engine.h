@@ -54,7 +54,8 @@ typedef struct kiln_request {
     const int32_t *stop_token_ids;      /* (n_stop_token_ids,) extra stop tokens */
     int32_t n_stop_token_ids;
     bool skip_special_tokens;           /* control tokens produce no text; default true */
-    int32_t n_prompt_logprobs;          /* -1 = off (default); 0..20: a PROMPT_LOGPROBS event */
+    int32_t n_prompt_logprobs;          /* -1 = off (default); 0..20: a PROMPT_LOGPROBS event
+                                         * with that many alternatives per prompt position */
     void *user;                         /* opaque, returned in every event of this request */
 } kiln_request;
 
@@ -106,7 +107,9 @@ typedef struct kiln_event {
     int32_t n_tokens;               /* tokens generated in this delta (their text is not
                                      * necessarily in `text` yet); the concatenation over a
                                      * choice's deltas is its completion */
-    const kiln_event_token *tokens; /* (n_tokens,); for PROMPT_LOGPROBS: the n_prompt tokens */
+    const kiln_event_token *tokens; /* (n_tokens,); for PROMPT_LOGPROBS: the n_prompt tokens,
+                                     * each with its raw logprob given the tokens before it and
+                                     * the top alternatives at that position (none for token 0) */
     kiln_finish_reason finish;      /* != NONE on the choice's last delta */
     int32_t stop_token;             /* finish STOP by a token: its id; else -1 */
     int32_t i_stop_str;             /* finish STOP by a stop string: its index in stop[]; else -1 */
@@ -119,7 +122,9 @@ typedef struct kiln_event {
 } kiln_event;
 
 /* Creates the engine and starts its thread. model and vocab are borrowed and must outlive the
- * engine; the engine owns the KV cache it allocates from opts->kv_cache_bytes. opts NULL = the
+ * engine; while the engine exists, only its thread may call kiln_model_forward on model (the
+ * model's scratch is not shared). The engine owns the KV cache it allocates from
+ * opts->kv_cache_bytes. opts NULL = the
  * defaults. notify may be NULL (then the caller polls). KILN_ERR_INVALID (bad option; the message
  * names it), KILN_ERR_NOMEM, KILN_ERR_IO (thread creation). The caller owns *out. */
 kiln_err kiln_engine_new(kiln_model *model, const kiln_vocab *vocab, const kiln_engine_opts *opts,

@@ -26,6 +26,8 @@ typedef struct ref_out {
     int32_t ids[MAX_GEN];
     double logprob[MAX_GEN];   /* log-softmax of the raw logits at the chosen id */
     int32_t n;                 /* generated ids (an end-of-generation id included, then stop) */
+    double prompt_lp[MAX_GEN]; /* [p]: logprob of prompt token p given 0..p-1 (p >= 1) */
+    int32_t prompt_best[MAX_GEN]; /* [p]: argmax of the logits that predict position p */
 } ref_out;
 
 /* Greedy decoding one token per forward. ban (>= 0) is excluded from the argmax for the first
@@ -52,6 +54,17 @@ static void ref_greedy(const int32_t *prompt, int32_t n_prompt, int32_t n_gen, i
         pos++;
         if (pos < n_prompt) {
             tok = prompt[pos];
+            if (pos < MAX_GEN) {
+                double mx = logits[0], sum = 0;
+                int32_t best = 0;
+                for (int32_t i = 1; i < g_n_vocab; i++) {
+                    mx = logits[i] > mx ? logits[i] : mx;
+                    if (logits[i] > logits[best]) best = i;
+                }
+                for (int32_t i = 0; i < g_n_vocab; i++) sum += exp((double)logits[i] - mx);
+                out->prompt_lp[pos] = (double)logits[tok] - mx - log(sum);
+                out->prompt_best[pos] = best;
+            }
             continue;
         }
         int32_t best = -1;
@@ -112,6 +125,14 @@ typedef struct req_out {
     int32_t usage_prompt, usage_completion;
     int32_t n_events_after_terminal;
     int32_t n_deltas;
+    int32_t n_prompt_events;          /* PROMPT_LOGPROBS events */
+    int32_t n_deltas_before_prompt;   /* deltas seen before the PROMPT_LOGPROBS event */
+    int32_t prompt_ids[MAX_GEN];
+    float prompt_lp[MAX_GEN];
+    int32_t prompt_n_top[MAX_GEN];
+    int32_t prompt_top0[MAX_GEN];
+    bool prompt_top_sorted;
+    int32_t n_prompt_ids;
 } req_out;
 
 static req_out *outs_new(int32_t n) {
@@ -161,6 +182,20 @@ static void on_event(kiln_event *ev) {
             c->finish = ev->finish;
             c->stop_token = ev->stop_token;
             c->i_stop_str = ev->i_stop_str;
+        }
+    } else if (ev->type == KILN_EVENT_PROMPT_LOGPROBS) {
+        o->n_prompt_events++;
+        o->n_deltas_before_prompt = o->n_deltas;
+        o->prompt_top_sorted = true;
+        o->n_prompt_ids = KILN_MIN(ev->n_tokens, MAX_GEN);
+        for (int32_t i = 0; i < o->n_prompt_ids; i++) {
+            const kiln_event_token *t = &ev->tokens[i];
+            o->prompt_ids[i] = t->token;
+            o->prompt_lp[i] = t->logprob;
+            o->prompt_n_top[i] = t->n_top;
+            o->prompt_top0[i] = t->n_top ? t->top[0].token : -1;
+            for (int32_t k = 1; k < t->n_top; k++)
+                if (t->top[k].logprob > t->top[k - 1].logprob) o->prompt_top_sorted = false;
         }
     } else {
         o->n_terminal++;
@@ -807,6 +842,175 @@ static void logprobs_match_reference(void) {
     outs_free(o, 1);
 }
 
+/* Chunked prefill (a token budget of 8 rows per step) with prompt logprobs on one request of
+ * n = 2 and a plain request beside it: outputs equal the sequential reference, and the
+ * PROMPT_LOGPROBS event comes once, before any delta, with the reference's logprobs. */
+static void chunked_prefill_and_prompt_logprobs(void) {
+    const char *text_a = "Once upon a time, there was a little girl named Lily. She loved to play "
+                         "outside in the park with her friends and her dog";
+    const char *text_b = "The big brown dog ran to the tree because he saw a cat sitting there";
+    int32_t *ia, *ib;
+    int32_t na = encode(text_a, &ia), nb = encode(text_b, &ib);
+    CHECK(na > 20 && nb > 10);
+    ref_out *ra = calloc(1, sizeof(*ra)), *rb = calloc(1, sizeof(*rb));
+    ref_greedy(ia, na, 25, -1, 0, -1, ra);
+    ref_greedy(ib, nb, 25, -1, 0, -1, rb);
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.max_num_seqs = 4;
+    opts.max_num_batched_tokens = 8;
+    opts.kv_cache_bytes = 4 << 20;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    req_out *o = outs_new(2);
+    kiln_request r;
+    greedy_request(&r, ia, na, 25);
+    r.n = 2;
+    r.n_prompt_logprobs = 3;
+    submit_ok(e, &r, &o[0]);
+    greedy_request(&r, ib, nb, 25);
+    submit_ok(e, &r, &o[1]);
+    collect(e, o, 2);
+    check_matches_ref(&o[0].ch[0], ra, "chunked a0");
+    check_matches_ref(&o[0].ch[1], ra, "chunked a1");
+    check_matches_ref(&o[1].ch[0], rb, "chunked b");
+    CHECK_EQ_INT(o[0].n_prompt_events, 1);
+    CHECK_EQ_INT(o[0].n_deltas_before_prompt, 0);
+    CHECK_EQ_INT(o[1].n_prompt_events, 0);
+    CHECK_EQ_INT(o[0].n_prompt_ids, na);
+    CHECK(o[0].prompt_top_sorted);
+    CHECK_EQ_INT(o[0].prompt_n_top[0], 0);
+    for (int32_t p = 0; p < o[0].n_prompt_ids && p < na; p++) {
+        CHECK_EQ_INT(o[0].prompt_ids[p], ia[p]);
+        if (p == 0) continue;
+        CHECK_MSG(fabs(o[0].prompt_lp[p] - ra->prompt_lp[p]) < 1e-4, "p %d: %g vs %g", (int)p, o[0].prompt_lp[p], ra->prompt_lp[p]);
+        CHECK_EQ_INT(o[0].prompt_n_top[p], 3);
+        CHECK_EQ_INT(o[0].prompt_top0[p], ra->prompt_best[p]);
+    }
+    kiln_engine_stats st;
+    kiln_engine_stats_get(e, &st);
+    CHECK_EQ_INT(st.n_prompt_tokens, 2 * na + nb); /* each choice prefills its own copy */
+    CHECK(st.n_rows_forwarded <= 8 * st.n_steps);
+    check_idle(e);
+    /* Out of range. */
+    uint64_t id;
+    const char *field = NULL;
+    r.n_prompt_logprobs = 21;
+    CHECK_EQ_INT(kiln_engine_submit(e, &r, &id, &field), KILN_ERR_INVALID);
+    CHECK_STR(field, "prompt_logprobs");
+    kiln_engine_free(e);
+    outs_free(o, 2);
+    kiln_free(ia);
+    kiln_free(ib);
+    free(ra);
+    free(rb);
+}
+
+/* A seeded random mix under pressure (12 KV blocks of 4 tokens, 16-row budget, 5 sequences):
+ * n 1..3, greedy or seeded sampling, stop strings and ids, prompt logprobs, cancellations at
+ * random moments. Invariants: one terminal event per request, one finishing delta per choice of
+ * a finished request, usage = tokens received, greedy outputs are prefixes of the reference
+ * (stops only truncate), prompt logprobs filled, and everything freed at the end. */
+static void random_mix_stress(void) {
+    int32_t *ids[N_PROMPTS], n_ids[N_PROMPTS];
+    ref_out *refs = calloc(N_PROMPTS, sizeof(*refs));
+    for (int32_t i = 0; i < N_PROMPTS; i++) {
+        n_ids[i] = encode(PROMPTS[i], &ids[i]);
+        ref_greedy(ids[i], n_ids[i], 40, -1, 0, -1, &refs[i]);
+    }
+    kiln_kv *probe = NULL;
+    CHECK(kiln_kv_new(g_model, 1 << 20, 4, &probe) == KILN_OK);
+    if (!probe) return;
+    size_t per_block = kiln_kv_bytes_per_block(probe);
+    kiln_kv_free(probe);
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.block_size = 4;
+    opts.kv_cache_bytes = per_block * 16; /* 64 token slots */
+    opts.max_num_seqs = 5;
+    opts.max_num_batched_tokens = 16;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    enum { N = 40 };
+    req_out *o = outs_new(N);
+    int32_t which[N], max_tok[N];
+    bool greedy[N], cancel_at[N];
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 77);
+    const char *stops[2] = {"the", "ily"};
+    int32_t stop_ids[1] = {13};
+    for (int32_t i = 0; i < N; i++) {
+        which[i] = (int32_t)(kiln_rng_u64(&rng) % N_PROMPTS);
+        max_tok[i] = 1 + (int32_t)(kiln_rng_u64(&rng) % 40);
+        greedy[i] = kiln_rng_u64(&rng) % 2;
+        cancel_at[i] = kiln_rng_u64(&rng) % 4 == 0;
+        kiln_request r;
+        greedy_request(&r, ids[which[i]], n_ids[which[i]], max_tok[i]);
+        r.n = 1 + (int32_t)(kiln_rng_u64(&rng) % 3);
+        if (!greedy[i]) {
+            r.sampling.temperature = 0.9f;
+            r.sampling.has_seed = true;
+            r.sampling.seed = (uint64_t)i;
+            r.sampling.n_top_logprobs = 2;
+        }
+        if (kiln_rng_u64(&rng) % 3 == 0) {
+            r.stop = stops;
+            r.n_stop = 2;
+        }
+        if (kiln_rng_u64(&rng) % 3 == 0) {
+            r.stop_token_ids = stop_ids;
+            r.n_stop_token_ids = 1;
+        }
+        if (kiln_rng_u64(&rng) % 4 == 0) r.n_prompt_logprobs = 2;
+        submit_ok(e, &r, &o[i]);
+        if (cancel_at[i] && kiln_rng_u64(&rng) % 2) kiln_engine_cancel(e, o[i].id);
+        /* Drain a little now and then so requests arrive while others run. */
+        for (int k = 0; k < 3; k++) {
+            kiln_event *ev = kiln_engine_poll_wait(e, 2);
+            if (ev) on_event(ev);
+            kiln_engine_event_free(ev);
+        }
+    }
+    for (int32_t i = 0; i < N; i++)
+        if (cancel_at[i]) kiln_engine_cancel(e, o[i].id);
+    collect(e, o, N);
+    for (int32_t i = 0; i < N; i++) {
+        CHECK_EQ_INT(o[i].n_terminal, 1);
+        CHECK_EQ_INT(o[i].n_events_after_terminal, 0);
+        CHECK(o[i].term == KILN_EVENT_DONE || (cancel_at[i] && o[i].term == KILN_EVENT_CANCELLED));
+        CHECK(o[i].n_prompt_events <= 1);
+        CHECK_EQ_INT(o[i].n_deltas_before_prompt, 0);
+        for (int32_t p = 1; p < o[i].n_prompt_ids; p++)
+            CHECK_MSG(o[i].prompt_lp[p] < 0 && o[i].prompt_n_top[p] == 2, "request %d prompt position %d",
+                      (int)i, (int)p);
+        if (o[i].term != KILN_EVENT_DONE) continue;
+        int32_t sum = 0;
+        for (int32_t c = 0; c < o[i].n; c++) {
+            const choice_out *ch = &o[i].ch[c];
+            CHECK_EQ_INT(ch->n_finish, 1);
+            CHECK(ch->n_ids >= 1 && ch->n_ids <= max_tok[i]);
+            sum += ch->n_ids;
+            if (greedy[i]) {
+                const ref_out *rf = &refs[which[i]];
+                bool prefix = ch->n_ids <= rf->n;
+                for (int32_t k = 0; prefix && k < ch->n_ids; k++) prefix = ch->ids[k] == rf->ids[k];
+                CHECK_MSG(prefix, "request %d choice %d is not a prefix of its reference", (int)i, (int)c);
+            }
+        }
+        CHECK_EQ_INT(o[i].usage_completion, sum);
+    }
+    kiln_engine_stats st;
+    kiln_engine_stats_get(e, &st);
+    CHECK_MSG(st.n_preemptions > 0, "no preemption");
+    CHECK(st.n_requests_cancelled > 0 && st.n_requests_finished > 0);
+    CHECK(st.max_seqs_in_step >= 3);
+    check_idle(e);
+    kiln_engine_free(e);
+    outs_free(o, N);
+    for (int32_t i = 0; i < N_PROMPTS; i++) kiln_free(ids[i]);
+    free(refs);
+}
+
 /* The notify callback runs after events are pushed. */
 static pthread_mutex_t g_notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_notified;
@@ -918,6 +1122,8 @@ int main(void) {
     RUN(stop_token_ids_and_min_tokens);
     RUN(seeded_n3_reproducible);
     RUN(logprobs_match_reference);
+    RUN(chunked_prefill_and_prompt_logprobs);
+    RUN(random_mix_stress);
     RUN(notify_and_free_in_flight);
     RUN(submit_allocation_failures);
     kiln_vocab_free(g_vocab);
