@@ -137,6 +137,7 @@ typedef struct qjob {
     const float *x;
     float *y;
     qact a;
+    _Atomic int64_t next;      /* work-sharing counter (output rows) */
 } qjob;
 
 static void q_quant_part(void *ctx, int ith, int nth) {
@@ -150,13 +151,15 @@ static void q_quant_part(void *ctx, int ith, int nth) {
 static void q_part(void *ctx, int ith, int nth) {
     qjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range(j->n_out, ith, nth, &lo, &hi);
-    for (int64_t o = lo; o < hi; o++) {
-        const uint8_t *row = (const uint8_t *)j->w + (size_t)o * j->row_bytes;
-        for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
-            int nc = (int)KILN_MIN(4, j->n_x - c0);
-            if (j->t == KILN_WTYPE_Q4_0) q_row(KILN_WTYPE_Q4_0, row, &j->a, c0, nc, j->y, j->n_out, o);
-            else q_row(KILN_WTYPE_Q8_0, row, &j->a, c0, nc, j->y, j->n_out, o);
+    const int64_t chunk = kiln_pool_chunk(j->n_out, nth);
+    while (kiln_pool_take(&j->next, j->n_out, chunk, &lo, &hi)) {
+        for (int64_t o = lo; o < hi; o++) {
+            const uint8_t *row = (const uint8_t *)j->w + (size_t)o * j->row_bytes;
+            for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
+                int nc = (int)KILN_MIN(4, j->n_x - c0);
+                if (j->t == KILN_WTYPE_Q4_0) q_row(KILN_WTYPE_Q4_0, row, &j->a, c0, nc, j->y, j->n_out, o);
+                else q_row(KILN_WTYPE_Q8_0, row, &j->a, c0, nc, j->y, j->n_out, o);
+            }
         }
     }
 }
@@ -227,17 +230,20 @@ typedef struct fjob {
     int64_t n_out, n_in, n_x;
     const float *x;
     float *y;
+    _Atomic int64_t next;      /* work-sharing counter (groups of 4 output rows) */
 } fjob;
 
 static void f_part(void *ctx, int ith, int nth) {
     fjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range((j->n_out + 3) / 4, ith, nth, &lo, &hi);
-    for (int64_t g = lo; g < hi; g++) {
-        switch (j->t) {
-        case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-        case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-        default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+    const int64_t n_groups = (j->n_out + 3) / 4, chunk = kiln_pool_chunk(n_groups, nth);
+    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi)) {
+        for (int64_t g = lo; g < hi; g++) {
+            switch (j->t) {
+            case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            }
         }
     }
 }
@@ -255,7 +261,7 @@ static void avx2_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     case KILN_WTYPE_Q8_0:
     case KILN_WTYPE_Q4_0: {
         KILN_ASSERT(n_in % 32 == 0);
-        qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, qact_alloc(n_x, n_in)};
+        qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, qact_alloc(n_x, n_in), 0};
         if (n_x >= 16) kiln_pool_run(nt, q_quant_part, &j);
         else q_quant_part(&j, 0, 1);
         kiln_pool_run(nt, q_part, &j);
@@ -264,7 +270,7 @@ static void avx2_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     case KILN_WTYPE_F32:
     case KILN_WTYPE_F16:
     case KILN_WTYPE_BF16: {
-        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y};
+        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, 0};
         kiln_pool_run(nt, f_part, &j);
         break;
     }

@@ -305,6 +305,7 @@ typedef struct qjob {
     float *y;
     int32_t off;
     qact a;
+    _Atomic int64_t next;      /* work-sharing counter (groups of output rows) */
 } qjob;
 
 static void q_quant_part(void *ctx, int ith, int nth) {
@@ -319,26 +320,29 @@ static void q_quant_part(void *ctx, int ith, int nth) {
 static void q_gemv_part(void *ctx, int ith, int nth) {
     qjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range((j->n_out + 7) / 8, ith, nth, &lo, &hi);
-    for (int64_t g = lo; g < hi; g++)
-        for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
-            int nc = (int)KILN_MIN(4, j->n_x - c0);
-            if (j->t == KILN_WTYPE_Q4_0) q_gemv8(KILN_WTYPE_Q4_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
-            else q_gemv8(KILN_WTYPE_Q8_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
-        }
+    const int64_t n_groups = (j->n_out + 7) / 8, chunk = kiln_pool_chunk(n_groups, nth);
+    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi))
+        for (int64_t g = lo; g < hi; g++)
+            for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
+                int nc = (int)KILN_MIN(4, j->n_x - c0);
+                if (j->t == KILN_WTYPE_Q4_0) q_gemv8(KILN_WTYPE_Q4_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
+                else q_gemv8(KILN_WTYPE_Q8_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
+            }
 }
 
 static void q_gemm_part(void *ctx, int ith, int nth) {
     qjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
+    const int64_t n_groups = (j->n_out + PANEL - 1) / PANEL, chunk = kiln_pool_chunk(n_groups, nth);
     _Alignas(64) uint32_t pw[KB * 8 * PANEL];
     _Alignas(64) float pd[KB * PANEL];
-    for (int64_t g = lo; g < hi; g++) {
-        for (int64_t b0 = 0; b0 < j->a.nb; b0 += KB) {
-            int64_t nbk = KILN_MIN(KB, j->a.nb - b0);
-            pack_panel(j->t, j->w, j->row_bytes, j->n_out, g * PANEL, b0, nbk, pw, pd);
-            q_panel(pw, pd, b0, nbk, &j->a, j->n_x, b0 == 0, j->y, j->n_out, g * PANEL);
+    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi)) {
+        for (int64_t g = lo; g < hi; g++) {
+            for (int64_t b0 = 0; b0 < j->a.nb; b0 += KB) {
+                int64_t nbk = KILN_MIN(KB, j->a.nb - b0);
+                pack_panel(j->t, j->w, j->row_bytes, j->n_out, g * PANEL, b0, nbk, pw, pd);
+                q_panel(pw, pd, b0, nbk, &j->a, j->n_x, b0 == 0, j->y, j->n_out, g * PANEL);
+            }
         }
     }
 }
@@ -346,7 +350,7 @@ static void q_gemm_part(void *ctx, int ith, int nth) {
 static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
                      int64_t n_x, float *y, int nt) {
     KILN_ASSERT(n_in % 32 == 0);
-    qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, t == KILN_WTYPE_Q4_0 ? 8 : 128, qact_alloc(n_x, n_in)};
+    qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, t == KILN_WTYPE_Q4_0 ? 8 : 128, qact_alloc(n_x, n_in), 0};
     if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, q_quant_part, &j);
     else q_quant_part(&j, 0, 1);
     kiln_pool_run(nt, n_x >= GEMM_MIN_ROWS ? q_gemm_part : q_gemv_part, &j);
@@ -402,17 +406,20 @@ typedef struct fjob {
     int64_t n_out, n_in, n_x;
     const float *x;
     float *y;
+    _Atomic int64_t next;      /* work-sharing counter (groups of 4 output rows) */
 } fjob;
 
 static void f_part(void *ctx, int ith, int nth) {
     fjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range((j->n_out + 3) / 4, ith, nth, &lo, &hi);
-    for (int64_t g = lo; g < hi; g++) {
-        switch (j->t) {
-        case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-        case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-        default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+    const int64_t n_groups = (j->n_out + 3) / 4, chunk = kiln_pool_chunk(n_groups, nth);
+    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi)) {
+        for (int64_t g = lo; g < hi; g++) {
+            switch (j->t) {
+            case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
+            }
         }
     }
 }
@@ -432,7 +439,7 @@ static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t
     case KILN_WTYPE_F32:
     case KILN_WTYPE_F16:
     case KILN_WTYPE_BF16: {
-        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y};
+        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, 0};
         kiln_pool_run(nt, f_part, &j);
         break;
     }

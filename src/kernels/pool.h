@@ -8,6 +8,8 @@
 #ifndef KILN_POOL_H
 #define KILN_POOL_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* One member's share: called with ith in [0, nth). */
@@ -27,6 +29,24 @@ static inline void kiln_pool_range(int64_t n, int ith, int nth, int64_t *lo, int
     int64_t q = n / nth, r = n % nth;
     *lo = (int64_t)ith * q + (ith < r ? ith : r);
     *hi = *lo + q + (ith < r ? 1 : 0);
+}
+
+/* Dynamic sharing inside a job: takes the next chunk [*lo, *hi) of items [0, n) from a counter
+ * shared by the members (zeroed before kiln_pool_run); false when none is left. Members that
+ * get a core late simply find less work, so a job does not wait for a descheduled member's
+ * fixed share. */
+static inline bool kiln_pool_take(_Atomic int64_t *next, int64_t n, int64_t chunk, int64_t *lo, int64_t *hi) {
+    int64_t i = atomic_fetch_add_explicit(next, chunk, memory_order_relaxed);
+    if (i >= n) return false;
+    *lo = i;
+    *hi = i + chunk < n ? i + chunk : n;
+    return true;
+}
+
+/* A chunk size giving each of nth members about 4 chunks of n items. */
+static inline int64_t kiln_pool_chunk(int64_t n, int nth) {
+    int64_t c = n / ((int64_t)nth * 4);
+    return c > 0 ? c : 1;
 }
 
 #endif
