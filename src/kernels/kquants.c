@@ -1,13 +1,16 @@
 /* kquants.c: the ggml K-quant weight types Q4_K, Q5_K, Q6_K (super-blocks of 256) and the small
  * legacy types Q4_1, Q5_0 (blocks of 32): scalar dequantization (the spec, layouts in kernels.h,
  * checked against ggml's dequantize_row_* semantics) and a matmul that dequantizes one block at a
- * time into a stack buffer and dots it with every activation row; an AVX2+FMA build of that loop
- * runs when the CPU has it. Reentrant; the matmul runs its own OpenMP team over output rows.
- * No heap allocation. */
+ * time into a stack buffer and dots it with every activation row (an AVX2+FMA build of that loop
+ * runs when the CPU has it), or, with AVX2, an integer path over int8-quantized activations.
+ * Reentrant; the matmul splits output rows over the compute team (pool.h). Heap only for the
+ * quantized activations of prompt-sized batches. */
 #include "kernels/kernels.h"
 
-#include <omp.h>
+#include "kernels/pool.h"
+
 #include <pthread.h>
+#include <string.h>
 
 bool kiln_kquant_handles(kiln_wtype t) {
     return t == KILN_WTYPE_Q4_1 || t == KILN_WTYPE_Q5_0 || t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K ||
@@ -174,18 +177,311 @@ __attribute__((target("avx2,fma"))) static void matmul_rows_avx2(kiln_wtype t, s
 }
 #endif
 
+/* ---- integer path (AVX2; VNNI when present) ----
+ * Activations are quantized per 32 to int8 with a float scale (as ggml pairs these types with
+ * Q8_K / Q8_1 activations); each weight row is unpacked once per call into unsigned quants q
+ * (0..63), a scale per 16 and an offset per 16 (w = A * q + B); then for every activation row
+ * y = sum_g da_g * sum_16 A * (q . a) + sum_16 B * (da * sum a). Tolerance against the float path:
+ * the activation rounding (relative 1/254 per element, averaging out over a row). */
+#define MAX_INT_N_IN 16384   /* per-thread unpack buffers live on the stack */
+#define ACT_STACK_BYTES (96 * 1024)
+
+typedef struct act_q {
+    int8_t *q;          /* (n_x, n_in) */
+    float *d;           /* (n_x, n_in / 32) scales */
+    float *s16;         /* (n_x, n_in / 16): d * sum of the 16 quants = the sum of the 16 activations */
+} act_q;
+
+#ifdef HAVE_AVX2_PATH
+#include <immintrin.h>
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define TGT_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+
+TGT static inline int hsum_epi32_128(__m128i v) {
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4e));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xb1));
+    return _mm_cvtsi128_si32(v);
+}
+
+TGT static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* x (n,) -> 32-element blocks of int8 with scale amax / 127 (round to nearest even). */
+TGT static void quantize_act(const float *x, int64_t n, int8_t *q, float *d, float *s16) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
+               v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float db = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        p = _mm256_permutevar8x32_epi32(p, perm);
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), p);
+        __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+        d[b] = db;
+        s16[2 * b] = db * (float)hsum_epi32_128(_mm256_castsi256_si128(sums));
+        s16[2 * b + 1] = db * (float)hsum_epi32_128(_mm256_extracti128_si256(sums, 1));
+    }
+}
+
+/* Sets the scale / offset of 16-element group k: aexp holds each scale for 4 int32 lanes. */
+static inline void set_ab(float *aexp, float *b16, int64_t k, float a, float b) {
+    float *e = aexp + 4 * k;
+    e[0] = e[1] = e[2] = e[3] = a;
+    b16[k] = b;
+}
+
+/* One weight row of type t (n_in elements) -> q (n_in,) u8, aexp (n_in / 4,), b16 (n_in / 16,). */
+TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8_t *q, float *aexp, float *b16) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m1 = _mm256_set1_epi8(0x01), m2 = _mm256_set1_epi8(0x03);
+    switch (t) {
+    case KILN_WTYPE_Q4_K:
+    case KILN_WTYPE_Q5_K: {
+        bool five = t == KILN_WTYPE_Q5_K;
+        for (int64_t ib = 0; ib < n_in / KILN_QK_K; ib++) {
+            const uint8_t *scales, *qs, *qhp = NULL;
+            uint16_t dh, mh;
+            if (five) {
+                const kiln_block_q5_k *b = (const kiln_block_q5_k *)row + ib;
+                scales = b->scales, qs = b->qs, qhp = b->qh, dh = b->d, mh = b->dmin;
+            } else {
+                const kiln_block_q4_k *b = (const kiln_block_q4_k *)row + ib;
+                scales = b->scales, qs = b->qs, dh = b->d, mh = b->dmin;
+            }
+            float d = _cvtsh_ss(dh), dmin = _cvtsh_ss(mh);
+            uint8_t *o = q + ib * KILN_QK_K;
+            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)qhp) : _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), m1), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), m1), 4));
+                }
+                _mm256_storeu_si256((__m256i *)(o + 64 * c), lo);
+                _mm256_storeu_si256((__m256i *)(o + 64 * c + 32), hi);
+            }
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                scale_min(scales, j, &sc, &m);
+                int64_t k = ib * 16 + 2 * j;
+                set_ab(aexp, b16, k, d * (float)sc, -dmin * (float)m);
+                set_ab(aexp, b16, k + 1, d * (float)sc, -dmin * (float)m);
+            }
+        }
+        break;
+    }
+    case KILN_WTYPE_Q6_K:
+        for (int64_t ib = 0; ib < n_in / KILN_QK_K; ib++) {
+            const kiln_block_q6_k *b = (const kiln_block_q6_k *)row + ib;
+            float d = _cvtsh_ss(b->d);
+            uint8_t *o = q + ib * KILN_QK_K;
+            for (int h = 0; h < 2; h++) {
+                __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+                __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+                __m256i H = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+                __m256i g0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(H, m2), 4));
+                __m256i g1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2), m2), 4));
+                __m256i g2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 4), m2), 4));
+                __m256i g3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 6), m2), 4));
+                _mm256_storeu_si256((__m256i *)(o + 128 * h), g0);
+                _mm256_storeu_si256((__m256i *)(o + 128 * h + 32), g1);
+                _mm256_storeu_si256((__m256i *)(o + 128 * h + 64), g2);
+                _mm256_storeu_si256((__m256i *)(o + 128 * h + 96), g3);
+            }
+            for (int k = 0; k < 16; k++) {
+                float a = d * (float)b->scales[k];
+                set_ab(aexp, b16, ib * 16 + k, a, -32.0f * a);
+            }
+        }
+        break;
+    case KILN_WTYPE_Q4_1:
+    case KILN_WTYPE_Q5_0: {
+        const __m128i n4 = _mm_set1_epi8(0x0f);
+        /* byte i of the 32-byte high-bit mask tests bit i % 8 of qh byte i / 8 */
+        const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                                             3, 3, 3, 3, 3, 3, 3);
+        const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+        for (int64_t ib = 0; ib < n_in / 32; ib++) {
+            const uint8_t *qs;
+            float a, bo;
+            uint32_t qh = 0;
+            if (t == KILN_WTYPE_Q4_1) {
+                const kiln_block_q4_1 *b = (const kiln_block_q4_1 *)row + ib;
+                qs = b->qs, a = _cvtsh_ss(b->d), bo = _cvtsh_ss(b->m);
+            } else {
+                const kiln_block_q5_0 *b = (const kiln_block_q5_0 *)row + ib;
+                qs = b->qs, a = _cvtsh_ss(b->d), bo = -16.0f * a;
+                memcpy(&qh, b->qh, 4);
+            }
+            __m128i v = _mm_loadu_si128((const __m128i *)qs);
+            __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), n4), _mm_and_si128(v, n4));
+            if (t == KILN_WTYPE_Q5_0) {
+                __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), sel);
+                hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
+                w = _mm256_or_si256(w, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
+            }
+            _mm256_storeu_si256((__m256i *)(q + 32 * ib), w);
+            set_ab(aexp, b16, 2 * ib, a, bo);
+            set_ab(aexp, b16, 2 * ib + 1, a, bo);
+        }
+        break;
+    }
+    default:
+        KILN_ASSERT(!"kquants: unsupported weight type");
+    }
+}
+
+/* sum over 4-byte groups of u8 q * s8 a: 8 int32 lanes (lane i: elements 4i..4i+3). */
+TGT static inline __m256i dot_u8s8(__m256i q, __m256i a) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1));
+}
+TGT_VNNI static inline __m256i dot_u8s8_vnni(__m256i q, __m256i a) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, a);
+}
+
+/* The row loop, instantiated for both integer dots. */
+#define DEFINE_INT_ROWS(NAME, ATTR, DOT)                                                                       \
+    ATTR static void NAME(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,            \
+                          const act_q *aq, int64_t n_x, float *y, int64_t o0, int64_t o1) {                      \
+        uint8_t q[MAX_INT_N_IN] __attribute__((aligned(32)));                                                   \
+        float aexp[MAX_INT_N_IN / 4] __attribute__((aligned(32)));                                              \
+        float b16[MAX_INT_N_IN / 16] __attribute__((aligned(32)));                                              \
+        int64_t n_g = n_in / 32, n_k = n_in / 16;                                                               \
+        for (int64_t o = o0; o < o1; o++) {                                                                     \
+            unpack_row(t, (const uint8_t *)w + (size_t)o * row_bytes, n_in, q, aexp, b16);                      \
+            for (int64_t r = 0; r < n_x; r++) {                                                                 \
+                const int8_t *a = aq->q + r * n_in;                                                             \
+                const float *da = aq->d + r * n_g, *s16 = aq->s16 + r * n_k;                                     \
+                __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();                                   \
+                for (int64_t g = 0; g < n_g; g++) {                                                             \
+                    __m256i is = DOT(_mm256_load_si256((const __m256i *)(q + 32 * g)),                           \
+                                     _mm256_loadu_si256((const __m256i *)(a + 32 * g)));                         \
+                    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_broadcast_ss(da + g));              \
+                    acc = _mm256_fmadd_ps(f, _mm256_load_ps(aexp + 8 * g), acc);                                \
+                }                                                                                               \
+                int64_t k = 0;                                                                                  \
+                for (; k + 8 <= n_k; k += 8)                                                                    \
+                    acc2 = _mm256_fmadd_ps(_mm256_load_ps(b16 + k), _mm256_loadu_ps(s16 + k), acc2);             \
+                float off = 0;                                                                                  \
+                for (; k < n_k; k++) off += b16[k] * s16[k];                                                    \
+                y[r * n_out + o] = hsum_ps(acc) + hsum_ps(acc2) + off;                                          \
+            }                                                                                                   \
+        }                                                                                                       \
+    }
+DEFINE_INT_ROWS(int_rows_avx2, TGT, dot_u8s8)
+DEFINE_INT_ROWS(int_rows_vnni, TGT_VNNI, dot_u8s8_vnni)
+#endif
+
+typedef void (*int_rows_fn)(kiln_wtype, const void *, size_t, int64_t, int64_t, const act_q *, int64_t, float *,
+                            int64_t, int64_t);
+
 typedef void (*rows_fn)(kiln_wtype, size_t, size_t, const void *, size_t, int64_t, int64_t, const float *,
                         int64_t, float *, int64_t, int64_t);
 
 static rows_fn rows;
+static int_rows_fn int_rows;       /* NULL: no integer path on this CPU */
 static pthread_once_t rows_once = PTHREAD_ONCE_INIT;
 
 static void pick_rows(void) {
     rows = matmul_rows_base;
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) rows = matmul_rows_avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        rows = matmul_rows_avx2;
+        if (__builtin_cpu_supports("f16c")) int_rows = int_rows_avx2;
+        if (int_rows && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512vnni"))
+            int_rows = int_rows_vnni;
+    }
 #endif
+}
+
+typedef struct int_job {
+    int_rows_fn f;
+    kiln_wtype t;
+    const void *w;
+    size_t row_bytes;
+    int64_t n_out, n_in, n_x;
+    const act_q *aq;
+    float *y;
+} int_job;
+
+/* Member ith's tiles of 16 output rows (cache lines of y are not shared between members). */
+static void int_part(void *ctx, int ith, int nth) {
+    const int_job *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + 15) / 16, ith, nth, &lo, &hi);
+    if (lo < hi) j->f(j->t, j->w, j->row_bytes, j->n_out, j->n_in, j->aq, j->n_x, j->y, lo * 16, KILN_MIN(j->n_out, hi * 16));
+}
+
+/* The integer path: activations quantized into a stack buffer when they fit, else the heap (a
+ * prompt-sized batch, where one allocation is nothing next to the product). False when it does
+ * not apply (no AVX2, n_in too large or not a multiple of 32, no memory): use the float path. */
+static bool matmul_int(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
+                       int64_t n_x, float *y, int nt, bool par) {
+#ifdef HAVE_AVX2_PATH
+    int_rows_fn f = int_rows;
+    if (!f || n_in > MAX_INT_N_IN || n_in % 32 != 0) return false;
+    size_t per_row = (size_t)n_in + (size_t)n_in / 32 * sizeof(float) + (size_t)n_in / 16 * sizeof(float), bytes;
+    if (!kiln_mul_size(per_row, (size_t)n_x, &bytes)) return false;
+    uint8_t stack[ACT_STACK_BYTES] __attribute__((aligned(32)));
+    uint8_t *heap = NULL, *buf = stack;
+    if (bytes > sizeof(stack)) {
+        if (!(heap = kiln_malloc(bytes))) return false;
+        buf = heap;
+    }
+    act_q aq = {.q = (int8_t *)buf};
+    aq.d = (float *)(buf + (size_t)n_x * (size_t)n_in);
+    aq.s16 = aq.d + (size_t)n_x * (size_t)(n_in / 32);
+    for (int64_t r = 0; r < n_x; r++)
+        quantize_act(x + r * n_in, n_in, aq.q + r * n_in, aq.d + r * (n_in / 32), aq.s16 + r * (n_in / 16));
+    int_job j = {.f = f, .t = t, .w = w, .row_bytes = row_bytes, .n_out = n_out, .n_in = n_in, .aq = &aq,
+                 .n_x = n_x, .y = y};
+    kiln_pool_run(par ? nt : 1, int_part, &j);
+    kiln_free(heap);
+    return true;
+#else
+    (void)t, (void)w, (void)row_bytes, (void)n_out, (void)n_in, (void)x, (void)n_x, (void)y, (void)nt, (void)par;
+    return false;
+#endif
+}
+
+typedef struct float_job {
+    rows_fn f;
+    kiln_wtype t;
+    size_t be, bb;
+    const void *w;
+    size_t row_bytes;
+    int64_t n_out, n_in, n_x;
+    const float *x;
+    float *y;
+} float_job;
+
+static void float_part(void *ctx, int ith, int nth) {
+    const float_job *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + 15) / 16, ith, nth, &lo, &hi);
+    if (lo < hi)
+        j->f(j->t, j->be, j->bb, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, lo * 16,
+             KILN_MIN(j->n_out, hi * 16));
 }
 
 void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
@@ -195,12 +491,10 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     KILN_ASSERT(n_in % (int64_t)be == 0 && CHUNK % be == 0);
     pthread_once(&rows_once, pick_rows);
     rows_fn f = rows;
-    int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+    int nt = n_threads;
     bool par = (double)n_out * (double)n_in * (double)n_x >= 65536.0;
-    if (!par) nt = 1;
-    /* Contiguous row ranges of 16 (cache lines of y are not shared between threads). */
-    int64_t n_tiles = (n_out + 15) / 16;
-#pragma omp parallel for schedule(static) num_threads(nt) if (par)
-    for (int64_t i = 0; i < n_tiles; i++)
-        f(t, be, bb, w, row_bytes, n_out, n_in, x, n_x, y, i * 16, KILN_MIN(n_out, i * 16 + 16));
+    if (matmul_int(t, w, row_bytes, n_out, n_in, x, n_x, y, nt, par)) return;
+    float_job j = {.f = f, .t = t, .be = be, .bb = bb, .w = w, .row_bytes = row_bytes, .n_out = n_out, .n_in = n_in,
+                   .x = x, .n_x = n_x, .y = y};
+    kiln_pool_run(par ? nt : 1, float_part, &j);
 }
