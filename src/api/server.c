@@ -50,6 +50,7 @@ typedef struct call {
     int fail_status;
     char fail_msg[512];
     bool timed_out;
+    uint64_t t_start_ns;            /* for the request log line */
     struct call *prev, *next;
 } call;
 
@@ -349,6 +350,12 @@ static void call_finish(call *c) {
     kiln_api_meta m = call_meta(c);
     kiln_buf out;
     kiln_buf_init(&out);
+    KILN_INFO("%s %s: %d choice%s, %lld prompt + %lld completion tokens, %.1f ms%s%s", c->id,
+              c->q.kind == KILN_API_CHAT ? "chat" : "completions", c->n_choices,
+              c->n_choices == 1 ? "" : "s", (long long)c->usage.prompt_tokens,
+              (long long)c->usage.completion_tokens, (double)(kiln_now_ns() - c->t_start_ns) / 1e6,
+              !r ? ", client gone" : c->timed_out ? ", timed out" : "",
+              c->failed && !c->timed_out && r ? ", failed" : "");
     if (!r) goto done;
     if (c->timed_out && !c->failed) {
         c->failed = true;
@@ -513,6 +520,7 @@ static void handle_generate(kiln_http_req *r, kiln_api_server *s, kiln_api_kind 
         return;
     }
     c->s = s;
+    c->t_start_ns = kiln_now_ns();
     size_t len;
     const char *body = kiln_http_req_body(r, &len);
     kiln_api_parse_opts po = {.lenient = s->opts.lenient,
