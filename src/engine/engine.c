@@ -670,6 +670,17 @@ static void take_stop_out(kiln_engine *e, const kiln_stop_out *o, kiln_err *err)
     if (o->n_text && *err == KILN_OK) *err = kiln_buf_append(&e->text, o->text, o->n_text);
 }
 
+/* Sends e->piece through the stop matcher into e->text; while stop strings are not active yet
+ * (min_tokens, as vLLM checks them only past min_tokens) it goes to e->text directly. */
+static kiln_err emit_piece(kiln_engine *e, seq *s, bool stops_active, kiln_stop_out *o) {
+    kiln_err err = KILN_OK;
+    if (!e->piece.len) return KILN_OK;
+    if (!stops_active) return kiln_buf_append(&e->text, e->piece.data, e->piece.len);
+    err = kiln_stop_matcher_feed(&s->stop, e->piece.data, e->piece.len, o);
+    take_stop_out(e, o, &err);
+    return err;
+}
+
 /* Samples the next token of s from its logits row, streams it and decides whether s is done. */
 static void sample_one(kiln_engine *e, seq *s, float *logits) {
     ereq *q = s->req;
@@ -701,6 +712,7 @@ static void sample_one(kiln_engine *e, seq *s, float *logits) {
     e->acc.n_generated_tokens++;
 
     bool stop_tok = is_stop_token(e, q, tok);
+    bool stops_active = s->n_gen > q->min_tokens;
     kiln_buf_reset(&e->text);
     kiln_stop_out o = {0};
     o.i_stop = -1;
@@ -710,9 +722,7 @@ static void sample_one(kiln_engine *e, seq *s, float *logits) {
         kiln_err perr = kiln_detok_push(&s->detok, tok, &e->piece);
         if (perr == KILN_ERR_NOMEM) err = perr;
         /* KILN_ERR_INVALID: an id of the model's padded vocabulary beyond the tokenizer: no text. */
-        if (err == KILN_OK && e->piece.len)
-            err = kiln_stop_matcher_feed(&s->stop, e->piece.data, e->piece.len, &o);
-        take_stop_out(e, &o, &err);
+        if (err == KILN_OK) err = emit_piece(e, s, stops_active, &o);
     }
     kiln_finish_reason finish = KILN_FINISH_NONE;
     int32_t stop_token = -1, i_stop_str = -1;
@@ -730,10 +740,7 @@ static void sample_one(kiln_engine *e, seq *s, float *logits) {
          * matcher's held-back prefix (which may still complete a stop string). */
         kiln_buf_reset(&e->piece);
         err = kiln_detok_flush(&s->detok, &e->piece);
-        if (err == KILN_OK && e->piece.len) {
-            err = kiln_stop_matcher_feed(&s->stop, e->piece.data, e->piece.len, &o);
-            take_stop_out(e, &o, &err);
-        }
+        if (err == KILN_OK) err = emit_piece(e, s, stops_active, &o);
         if (err == KILN_OK && o.i_stop >= 0) {
             finish = KILN_FINISH_STOP;
             i_stop_str = o.i_stop;

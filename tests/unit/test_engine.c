@@ -697,6 +697,42 @@ static void stop_strings(void) {
         CHECK_EQ_INT(o->ch[0].text.len, KILN_MIN(want_len, cut));
         outs_free(o, 1);
     }
+    /* min_tokens: stop strings count only in text of tokens past min_tokens (as vLLM). */
+    {
+        ref_out long_ref;
+        ref_greedy(prompt, 5, 100, -1, 0, -1, &long_ref);
+        kiln_buf head, tail;
+        kiln_buf_init(&head);
+        kiln_buf_init(&tail);
+        int32_t m = 1;
+        for (;; m++) {
+            ref_text(long_ref.ids, m, &head);
+            if (strstr(head.data, "Lily") || m == long_ref.n) break;
+        }
+        m += 2;
+        CHECK(m < 60);
+        ref_text(long_ref.ids, m, &head);
+        ref_text(long_ref.ids + m, long_ref.n - m, &tail);
+        const char *at = strstr(tail.data, "Lily");
+        CHECK(at != NULL); /* the story names Lily again later */
+        size_t want_len = head.len + (at ? (size_t)(at - tail.data) : tail.len);
+        req_out *o = outs_new(1);
+        kiln_request r;
+        greedy_request(&r, prompt, 5, 100);
+        const char *stops[1] = {"Lily"};
+        r.stop = stops;
+        r.n_stop = 1;
+        r.min_tokens = m;
+        run_one(&r, o);
+        CHECK_EQ_INT(o->ch[0].finish, at ? KILN_FINISH_STOP : KILN_FINISH_LENGTH);
+        CHECK(o->ch[0].n_ids > m);
+        CHECK_MSG(o->ch[0].text.len == want_len && memcmp(o->ch[0].text.data, head.data, head.len) == 0 &&
+                      memcmp(o->ch[0].text.data + head.len, tail.data, want_len - head.len) == 0,
+                  "min_tokens %d: got \"%.*s\"", (int)m, (int)o->ch[0].text.len, o->ch[0].text.data);
+        outs_free(o, 1);
+        kiln_buf_deinit(&head);
+        kiln_buf_deinit(&tail);
+    }
     /* Never matched: the full text, finish length, nothing held back at the end. */
     {
         req_out *o = outs_new(1);
