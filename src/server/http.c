@@ -414,12 +414,10 @@ static void dispatch(struct evhttp_request *req, void *arg) {
         kiln_http_reply_error(r, 404, msg, "invalid_request_error", NULL, "not_found");
         return;
     }
-    const route *guard = hit ? hit : NULL;
-    bool needs_auth = guard ? guard->auth : false;
-    if (!guard) {
-        for (int i = 0; i < h->n_routes; i++)
-            if (route_matches(&h->routes[i], r->path) && h->routes[i].auth) needs_auth = true;
-    }
+    /* A protected path asks for the key before revealing which methods it allows. */
+    bool needs_auth = hit ? hit->auth : false;
+    for (int i = 0; !hit && i < h->n_routes; i++)
+        if (route_matches(&h->routes[i], r->path) && h->routes[i].auth) needs_auth = true;
     if (needs_auth && !authorized(h, r)) {
         kiln_http_add_header(r, "WWW-Authenticate", "Bearer");
         kiln_http_reply_error(r, 401, "missing or invalid API key (Authorization: Bearer <key>)",

@@ -238,17 +238,21 @@ int main(void) {
     ho.api_keys = keys;
     ho.n_api_keys = 2;
     ho.error_fn = kiln_api_error_body;
-    CHECK_EQ_INT(kiln_http_new(&ho, &http), KILN_OK);
-    port = kiln_http_port(http);
-    CHECK(port > 0);
     kiln_api_server *api = NULL;
     kiln_api_server_opts ao = {.model_name = "tiny"};
-    CHECK_EQ_INT(kiln_api_server_new(http, v, &ao, &api), KILN_OK);
+    if (kiln_http_new(&ho, &http) != KILN_OK || kiln_api_server_new(http, v, &ao, &api) != KILN_OK) {
+        fprintf(stderr, "cannot start the server: %s\n", kiln_errmsg());
+        return 1;
+    }
+    port = kiln_http_port(http);
     /* a second server on the same port fails cleanly */
     kiln_http *dup = NULL;
     ho.port = port;
-    CHECK_EQ_INT(kiln_http_new(&ho, &dup), KILN_ERR_IO);
-    CHECK(strstr(kiln_errmsg(), "cannot listen") != NULL);
+    if (port <= 0 || kiln_http_new(&ho, &dup) != KILN_ERR_IO ||
+        !strstr(kiln_errmsg(), "cannot listen")) {
+        fprintf(stderr, "port %d: a second bind did not fail with a clear message\n", port);
+        return 1;
+    }
     pthread_t th;
     pthread_create(&th, NULL, client_main, NULL);
     kiln_http_run(http);
