@@ -1165,7 +1165,7 @@ static kiln_err select_common(rstate *st, int line, tval v, call_args *ca, bool 
     }
     bool has_test = ai < ca->n_pos;
     if (has_test) test_name = ca->pos[ai];
-    call_args targs = {ca->pos + ai + (has_test ? 1 : 0), has_test ? ca->n_pos - ai - 1 : 0, ca->kw_names, ca->kw_vals, ca->n_kw};
+    call_args targs = {has_test ? ca->pos + ai + 1 : NULL, has_test ? ca->n_pos - ai - 1 : 0, ca->kw_names, ca->kw_vals, ca->n_kw};
     char *tn = NULL;
     if (has_test) {
         if (test_name.t != TV_STR) return rt_error(st, line, KILN_ERR_INVALID, "test name must be a string");

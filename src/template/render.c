@@ -1009,7 +1009,7 @@ kiln_err rt_iter_list(rstate *st, int line, tval v, tlist **out) {
             /* a Python generator is consumed by iterating it: the next iteration sees the rest */
             tlist *rest = tl_new(&st->a, 0);
             if (!rest) return rt_nomem(st, line);
-            rest->items = v.l->items + v.l->pos;
+            rest->items = v.l->items ? v.l->items + v.l->pos : NULL;
             rest->n = rest->cap = v.l->n - v.l->pos;
             rest->iter_type = v.l->iter_type;
             v.l->pos = v.l->n;

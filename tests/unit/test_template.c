@@ -60,6 +60,10 @@ static void test_basic_render(void) {
     expect_render("", NULL, "");
     expect_render("no tags at all\n", NULL, "no tags at all");  /* one trailing newline is dropped */
     expect_render("{{ missing }}|{{ missing is defined }}", "{}", "|False");
+    /* empty generators: iterating a consumed/empty select must not touch a NULL array (UBSan) */
+    expect_render("{{ [] | select | list }}{% for x in none | select %}x{% endfor %}{% set g = [] | map('upper') %}"
+                  "{{ g | list }}{{ g | list }}{{ 1 in g }}",
+                  NULL, "[][][]False");
 }
 
 static void test_syntax_errors_carry_line(void) {
