@@ -1136,6 +1136,61 @@ static void submit_allocation_failures(void) {
     kiln_engine_free(e);
 }
 
+/* Allocation failures on the engine thread (scratch growth, events) end the request with one
+ * ERROR event; its blocks are freed and the engine serves the next request normally. Submit's own
+ * allocations are counted first, so that the failures start right after it. */
+static void engine_allocation_failure(void) {
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.kv_cache_bytes = 4 << 20;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    const int32_t prompt[5] = {1, 403, 407, 261, 378};
+    kiln_request r;
+    greedy_request(&r, prompt, 5, 8);
+    uint64_t id = 0;
+    long k = 0;
+    kiln_err err = KILN_ERR_NOMEM;
+    for (; k < 64 && err == KILN_ERR_NOMEM; k++) {
+        kiln_alloc_fail_after(k); /* the engine thread is idle: only submit allocates */
+        err = kiln_engine_submit(e, &r, &id, NULL);
+        if (err != KILN_OK) kiln_alloc_fail_after(-1);
+    }
+    CHECK_EQ_INT(err, KILN_OK);
+    /* Still failing: the engine's own allocations (the first event at the latest) fail. */
+    kiln_event *ev = NULL;
+    int n_delta = 0, n_term = 0;
+    kiln_event_type term = KILN_EVENT_DONE;
+    double t0 = kiln_now_s();
+    while (!n_term && kiln_now_s() - t0 < 30) {
+        ev = kiln_engine_poll_wait(e, 100);
+        if (!ev) continue;
+        if (ev->type == KILN_EVENT_DELTA) n_delta++;
+        else {
+            n_term++;
+            term = ev->type;
+            CHECK(ev->message && ev->message[0]);
+        }
+        kiln_engine_event_free(ev);
+    }
+    kiln_alloc_fail_after(-1);
+    CHECK_EQ_INT(n_term, 1);
+    CHECK_EQ_INT(term, KILN_EVENT_ERROR);
+    CHECK_EQ_INT(n_delta, 0);
+    check_idle(e);
+    kiln_engine_stats st;
+    kiln_engine_stats_get(e, &st);
+    CHECK_EQ_INT(st.n_requests_failed, 1);
+    req_out *o = outs_new(1);
+    submit_ok(e, &r, o);
+    collect(e, o, 1);
+    CHECK_EQ_INT(o->term, KILN_EVENT_DONE);
+    CHECK_EQ_INT(o->ch[0].n_ids, 8);
+    check_idle(e);
+    kiln_engine_free(e);
+    outs_free(o, 1);
+}
+
 int main(void) {
     snprintf(model_path, sizeof(model_path), "%s/models/stories260K.gguf", test_data_dir());
     kiln_model_opts mo = {.n_threads = 1};
@@ -1162,6 +1217,7 @@ int main(void) {
     RUN(random_mix_stress);
     RUN(notify_and_free_in_flight);
     RUN(submit_allocation_failures);
+    RUN(engine_allocation_failure);
     kiln_vocab_free(g_vocab);
     kiln_model_free(g_model);
     return TEST_REPORT("test_engine");
