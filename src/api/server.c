@@ -298,20 +298,26 @@ static void stream_delta(call *c, int i_sub, const kiln_event *ev) {
         goto out;
     }
     bool has_lps = want_lp && ch->n_lps > lp0;
-    if (text.len == 0 && !has_lps && ev->finish == KILN_FINISH_NONE) goto out;
+    /* As OpenAI does, the finish_reason comes in a chunk of its own after the last content. */
     kiln_api_choice cc = {.index = idx, .text = text.data, .n_text = text.len,
-                          .finish = ev->finish, .has_logprobs = want_lp,
+                          .finish = KILN_FINISH_NONE, .has_logprobs = want_lp,
                           .lps = ch->lps + lp0, .n_lps = ch->n_lps - lp0,
                           .text_offset = ch->n_chars};
-    if (c->q.kind == KILN_API_CHAT)
-        err = kiln_api_format_chat_chunk(&m, &cc, false, c->q.include_usage, s->vocab, &out);
-    else
-        err = kiln_api_format_completion_chunk(&m, &cc, c->q.include_usage, s->vocab, &out);
-    if (err) {
-        fail(c, 503, "out of memory");
-        goto out;
+    kiln_api_choice fin = {.index = idx, .text = "", .n_text = 0, .finish = ev->finish};
+    for (int k = 0; k < 2; k++) {
+        const kiln_api_choice *one = k == 0 ? &cc : &fin;
+        if (k == 0 && text.len == 0 && !has_lps) continue;
+        if (k == 1 && ev->finish == KILN_FINISH_NONE) continue;
+        if (c->q.kind == KILN_API_CHAT)
+            err = kiln_api_format_chat_chunk(&m, one, false, c->q.include_usage, s->vocab, &out);
+        else
+            err = kiln_api_format_completion_chunk(&m, one, c->q.include_usage, s->vocab, &out);
+        if (err) {
+            fail(c, 503, "out of memory");
+            goto out;
+        }
+        sse_send_buf(c, &out);
     }
-    sse_send_buf(c, &out);
     /* Streaming keeps only the offsets, not the logprobs themselves. */
     if (want_lp) {
         kiln_buf tmp;

@@ -138,6 +138,7 @@ test('chat streaming: role first, content deltas, finish chunk, usage chunk with
   const withFinish = chunks.filter((ch) => ch.choices.length && ch.choices[0].finish_reason);
   assert.equal(withFinish.length, 1);
   assert.equal(withFinish[0].choices[0].finish_reason, 'length');
+  assert.deepEqual(withFinish[0].choices[0].delta, {}); // as OpenAI: the finish chunk carries no content
   const last = chunks[chunks.length - 1];
   assert.deepEqual(last.choices, []);
   assert.deepEqual(last.usage, whole.usage);
