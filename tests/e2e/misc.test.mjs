@@ -63,8 +63,9 @@ async function openStream(body) {
 
 test('a stream waiting in the queue receives ": keep-alive" comments', async () => {
   await waitMetrics((m) => m.kiln_num_requests_active === 0, BASE);
-  // A holds the only sequence slot for a while (2 choices one after the other) ...
-  const a = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 2 });
+  // A holds the only sequence slot for a while (8 choices one after the other, up to the 2 s
+  // request timeout) ...
+  const a = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 8 });
   // ... B waits behind it: its headers come at once, then only comments
   const b = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 5 });
   assert.equal(b.res.status, 200);
@@ -85,21 +86,18 @@ test('a stream waiting in the queue receives ": keep-alive" comments', async () 
 
 test('request timeout: error event then [DONE] mid-stream; 504 when not streaming', async () => {
   await waitMetrics((m) => m.kiln_num_requests_active === 0, BASE);
-  const long = { model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 8 };
-  const [streamed, whole] = await Promise.all([
-    (async () => {
-      const s = await openStream(long);
-      const dec = new TextDecoder();
-      let text = '';
-      for (;;) {
-        const { value, done } = await s.reader.read();
-        if (done) break;
-        text += dec.decode(value);
-      }
-      return text;
-    })(),
-    raw('/v1/completions', { base: BASE, body: JSON.stringify(long) }),
-  ]);
+  // 32 choices of 500 tokens one after the other: far more than the 2 s request timeout
+  const long = { model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 32 };
+  const s = await openStream(long);
+  const dec = new TextDecoder();
+  let streamed = '';
+  for (;;) {
+    const { value, done } = await s.reader.read();
+    if (done) break;
+    streamed += dec.decode(value);
+  }
+  await waitMetrics((m) => m.kiln_num_requests_active === 0, BASE);
+  const whole = await raw('/v1/completions', { base: BASE, body: JSON.stringify(long) });
   const events = streamed.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
   assert.ok(events.length >= 3, streamed.slice(0, 300));
   assert.equal(events[events.length - 1], '[DONE]');
