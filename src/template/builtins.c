@@ -292,7 +292,8 @@ enum {
     M_TITLE, M_CAPITALIZE, M_REPLACE, M_FIND, M_RFIND, M_COUNT, M_JOIN, M_ISDIGIT, M_ISALPHA,
     M_ISALNUM, M_ISSPACE, M_ISLOWER, M_ISUPPER, M_SPLITLINES, M_FORMAT, M_INDEX,
     M_ITEMS, M_KEYS, M_VALUES, M_GET,
-    G_RANGE = 100, G_NAMESPACE, G_DICT, G_RAISE, G_STRFTIME, G_JOINER_CALL,
+    G_RANGE = 100, G_NAMESPACE, G_DICT, G_RAISE, G_STRFTIME, G_JOINER, G_CYCLER, G_JOINER_OBJ, G_CYCLER_OBJ,
+    G_CYCLER_NEXT, G_CYCLER_RESET,
 };
 
 typedef struct method_entry {
@@ -355,6 +356,27 @@ bool bi_method(rstate *st, tval obj, const char *name, tval *out) {
         if (obj.l->tuple) return bind(st, obj, list_methods, KILN_ARRAY_LEN(list_methods), name, out);
         return bind(st, obj, list_methods, KILN_ARRAY_LEN(list_methods), name, out) ||
                unsafe(st, obj, list_unsafe, KILN_ARRAY_LEN(list_unsafe), name, out);
+    case TV_FUNC:
+        if (obj.fn->id == G_CYCLER_OBJ) {
+            tlist *items = obj.fn->self.l;
+            if (!strcmp(name, "current")) {
+                *out = items->n ? items->items[obj.fn->state % items->n] : tv_undef();
+                return true;
+            }
+            if (strcmp(name, "next") && strcmp(name, "reset")) return false;
+            tfunc *f = arena_alloc(A(st), sizeof(*f));
+            if (!f) {
+                *out = tv_undef();
+                return true;
+            }
+            f->id = name[0] == 'n' ? G_CYCLER_NEXT : G_CYCLER_RESET;
+            f->name = name[0] == 'n' ? "next" : "reset";
+            f->self = obj;
+            out->t = TV_FUNC;
+            out->fn = f;
+            return true;
+        }
+        return false;
     default: return false;
     }
 }
@@ -815,6 +837,8 @@ bool bi_global(rstate *st, const char *name, tval *out) {
     if (!strcmp(name, "dict")) return global_fn(st, G_DICT, "dict", out);
     if (!strcmp(name, "raise_exception")) return global_fn(st, G_RAISE, "raise_exception", out);
     if (!strcmp(name, "strftime_now")) return global_fn(st, G_STRFTIME, "strftime_now", out);
+    if (!strcmp(name, "joiner")) return global_fn(st, G_JOINER, "joiner", out);
+    if (!strcmp(name, "cycler")) return global_fn(st, G_CYCLER, "cycler", out);
     return false;
 }
 
@@ -910,6 +934,40 @@ kiln_err bi_call_func(rstate *st, int line, tfunc *fn, call_args *ca, tval *out)
         if (err) return err;
         return rt_error(st, line, KILN_ERR_RAISED, "%.*s", (int)KILN_MIN(s.s.n, 900), s.s.p);
     }
+    case G_JOINER:
+    case G_CYCLER: {
+        tfunc *f = arena_alloc(A(st), sizeof(*f));
+        if (!f) return rt_nomem(st, line);
+        f->id = fn->id == G_JOINER ? G_JOINER_OBJ : G_CYCLER_OBJ;
+        f->name = fn->id == G_JOINER ? "joiner" : "cycler";
+        if (fn->id == G_JOINER) {
+            f->self = arg_or(ca, 0, "sep", tv_cstr(", "));
+        } else {
+            tlist *items = tl_new(A(st), ca->n_pos);
+            if (!items) return rt_nomem(st, line);
+            for (size_t i = 0; i < ca->n_pos; i++) items->items[items->n++] = ca->pos[i];
+            if (!items->n) return rt_error(st, line, KILN_ERR_INVALID, "at least one item has to be provided");
+            f->self = mklist(items);
+        }
+        out->t = TV_FUNC;
+        out->fn = f;
+        return KILN_OK;
+    }
+    case G_JOINER_OBJ:
+        *out = fn->state++ ? fn->self : tv_str("", 0);
+        return KILN_OK;
+    case G_CYCLER_OBJ: return rt_error(st, line, KILN_ERR_INVALID, "'Cycler' object is not callable");
+    case G_CYCLER_NEXT: {
+        tfunc *c = fn->self.fn;
+        tlist *items = c->self.l;
+        *out = items->items[c->state % items->n];
+        c->state = (c->state + 1) % items->n;
+        return KILN_OK;
+    }
+    case G_CYCLER_RESET:
+        fn->self.fn->state = 0;
+        *out = tv_none();
+        return KILN_OK;
     case G_STRFTIME: {
         tval f;
         if (!arg(ca, 0, "format", &f)) return rt_error(st, line, KILN_ERR_INVALID, "strftime_now() missing 1 required positional argument: 'format'");

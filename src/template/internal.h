@@ -192,7 +192,8 @@ typedef struct rstate rstate;
 struct tfunc {
     int id;              /* builtin id (builtins.c) */
     const char *name;
-    tval self;           /* bound object for methods */
+    tval self;           /* bound object for methods; joiner separator; cycler items */
+    size_t state;        /* joiner: calls so far; cycler: current position */
 };
 struct tmacro {
     const node *def;     /* N_MACRO or N_CALLBLOCK (caller) */
