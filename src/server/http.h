@@ -68,7 +68,7 @@ unsigned kiln_http_req_method(const kiln_http_req *r);    /* KILN_HTTP_GET/POST 
 const char *kiln_http_req_header(kiln_http_req *r, const char *name); /* NULL when absent */
 /* The request body (contiguous, NUL-terminated, valid until the request ends). */
 const char *kiln_http_req_body(kiln_http_req *r, size_t *len);
-/* True once the client went away or the request timed out: replies are then discarded. */
+/* True once the client went away: replies are then discarded (a timeout does not close). */
 bool kiln_http_req_is_closed(const kiln_http_req *r);
 /* Per-request user pointer for the handler. */
 void kiln_http_req_set_user(kiln_http_req *r, void *user);
