@@ -526,6 +526,12 @@ static kiln_err parse_fields(json_t *root, kiln_api_kind kind, const kiln_api_pa
         if (is_known(key, mask)) continue;
         if (is_later(key) || (kind == KILN_API_CHAT && !strcmp(key, "suffix"))) {
             if (json_is_null(val)) continue;
+            /* {"type": "text"} asks for what kiln produces anyway: honoured, not ignored. */
+            if (!strcmp(key, "response_format") && json_is_object(val) &&
+                json_object_size(val) == 1 &&
+                json_is_string(json_object_get(val, "type")) &&
+                !strcmp(json_string_value(json_object_get(val, "type")), "text"))
+                continue;
             kiln_api_error_set(e, 400, "invalid_request_error", "unsupported_field", key,
                                "%.60s: not supported yet by kiln", key);
             return KILN_ERR_UNSUPPORTED;

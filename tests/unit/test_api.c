@@ -354,6 +354,12 @@ static void unknown_and_later_fields(void) {
         /* also with --lenient: never silently ignored */
         CHECK_EQ_INT(parse(KILN_API_CHAT, body, &lenient, &r, &e), KILN_ERR_UNSUPPORTED);
     }
+    /* response_format {"type":"text"} is what kiln produces: accepted; json_object is not */
+    snprintf(body, sizeof(body), "{%s,\"response_format\":{\"type\":\"text\"}}", m);
+    CHECK_EQ_INT(parse(KILN_API_CHAT, body, &strict, &r, &e), KILN_OK);
+    kiln_api_request_deinit(&r);
+    snprintf(body, sizeof(body), "{%s,\"response_format\":{\"type\":\"json_object\"}}", m);
+    CHECK_BAD(KILN_API_CHAT, body, KILN_ERR_UNSUPPORTED, 400, "response_format", "not supported");
     snprintf(body, sizeof(body), "{%s,\"echo\":true}", m);
     CHECK_BAD(KILN_API_CHAT, body, KILN_ERR_UNSUPPORTED, 400, "echo", "not supported yet");
     snprintf(body, sizeof(body), "{%s,\"stream\":true,\"stream_options\":{\"x\":1}}", m);
