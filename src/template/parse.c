@@ -214,6 +214,28 @@ static kiln_err lex_tag(lexer *lx, bool is_block, bool *strip_after, bool *trim_
             lx->pos = j + 1;
             continue;
         }
+        if (c == '0' && i + 2 < lx->n && strchr("xXoObB", s[i + 1])) {
+            /* 0x / 0o / 0b integers, with optional underscores */
+            int base = (s[i + 1] | 0x20) == 'x' ? 16 : (s[i + 1] | 0x20) == 'o' ? 8 : 2;
+            size_t j = i + 2;
+            unsigned long long x = 0;
+            bool any = false, ovf = false;
+            for (; j < lx->n; j++) {
+                if (s[j] == '_' && any) continue;
+                int d = hexval(s[j]);
+                if (d < 0 || d >= base) break;
+                if (x > (unsigned long long)INT64_MAX / (unsigned)base) ovf = true;
+                x = x * (unsigned)base + (unsigned)d;
+                if (x > (unsigned long long)INT64_MAX) ovf = true;
+                any = true;
+            }
+            if (any) {
+                if (ovf) return syntax(lx->line, "integer literal too large");
+                if ((err = emit(lx, TK_INT, s + i, j - i, lx->line, tv_int((int64_t)x)))) return err;
+                lx->pos = j;
+                continue;
+            }
+        }
         if (isdigit((unsigned char)c) && !(i > 0 && s[i - 1] == '.')) {
             size_t j = i;
             char num[128];
