@@ -2,7 +2,8 @@
  * kiln_api_server on 127.0.0.1 (ephemeral port) runs its loop on the main thread while a client
  * thread speaks raw HTTP/1.1 over sockets: routing, 404/405 with Allow, 401 with constant-time
  * keys, 413, 415, 503 while the engine is not ready (with Retry-After), /tokenize and /detokenize,
- * keep-alive (two requests on one connection), a client that sends half a request and leaves. */
+ * keep-alive (two requests on one connection), a client that sends half a request and leaves,
+ * and allocation failures injected into every request path. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -212,11 +213,46 @@ static void keep_alive_and_half_requests(void) {
     CHECK_EQ_INT(r.status, 200);
 }
 
+/* The n-th allocation of the server fails, for every n up to the point where none does: each
+ * request still gets a well-formed HTTP answer (503 "out of memory" or its normal status) or at
+ * worst a closed connection, never a crash or a leak (ASan), and the server stays usable. */
+static void alloc_failures_in_requests(void) {
+    static const struct {
+        const char *method, *path, *headers, *body;
+        int ok_status;
+    } reqs[] = {
+        {"POST", "/v1/chat/completions", NULL,
+         "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}]}],"
+         "\"stop\":[\"x\"],\"logit_bias\":{\"3\":1},\"n\":2}", 503},
+        {"POST", "/v1/completions", NULL, "{\"prompt\":[[1,2],\"abc\"],\"bogus\":1}", 400},
+        {"POST", "/tokenize", NULL, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 200},
+        {"POST", "/detokenize", NULL, "{\"tokens\":[1,403,407]}", 200},
+        {"GET", "/v1/models", NULL, NULL, 200},
+        {"GET", "/nowhere", NULL, NULL, 404},
+    };
+    for (size_t i = 0; i < KILN_ARRAY_LEN(reqs); i++) {
+        bool reached_ok = false;
+        for (long n = 0; n < 200 && !reached_ok; n++) {
+            kiln_alloc_fail_after(n);
+            resp r = request(reqs[i].method, reqs[i].path, AUTH, reqs[i].body);
+            long n_failed = kiln_alloc_n_failed();
+            kiln_alloc_fail_after(-1);
+            CHECK_MSG(r.status == 0 || r.status == reqs[i].ok_status || r.status == 503,
+                      "%s n=%ld: status %d: %s", reqs[i].path, n, r.status, r.body);
+            if (r.status == reqs[i].ok_status && n_failed == 0) reached_ok = true;
+        }
+        CHECK_MSG(reached_ok, "%s never succeeded", reqs[i].path);
+    }
+    resp r = request("POST", "/tokenize", AUTH, "{\"prompt\":\"Once upon a time\"}");
+    CHECK_EQ_INT(r.status, 200);
+}
+
 static void *client_main(void *arg) {
     (void)arg;
     RUN(routes_and_errors);
     RUN(tokenizer_endpoints);
     RUN(keep_alive_and_half_requests);
+    RUN(alloc_failures_in_requests);
     kiln_http_stop(http);
     return NULL;
 }
