@@ -206,6 +206,7 @@ struct tloop {
     int depth;           /* 1-based */
     const node *for_node; /* for loop(...) recursion */
     struct scope *scope;
+    tval last_changed;   /* loop.changed(): the previous arguments (a tuple), TV_UNDEF at first */
 };
 
 kiln_err rt_error(rstate *st, int line, kiln_err code, const char *fmt, ...)

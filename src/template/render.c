@@ -200,11 +200,11 @@ static kiln_err get_loop_attr(rstate *st, int line, tloop *lp, const char *name,
         *out = i > 0 ? lp->items->items[i - 1] : rt_undef(st, UNDEF_HINT, NULL, tv_undef(), "there is no previous item");
     else if (!strcmp(name, "nextitem"))
         *out = i + 1 < n ? lp->items->items[i + 1] : rt_undef(st, UNDEF_HINT, NULL, tv_undef(), "there is no next item");
-    else if (!strcmp(name, "cycle")) {
+    else if (!strcmp(name, "cycle") || !strcmp(name, "changed")) {
         tfunc *f = arena_alloc(&st->a, sizeof(*f));
         if (!f) return rt_nomem(st, line);
-        f->id = -1;
-        f->name = "cycle";
+        f->id = name[1] == 'y' ? -1 : -2;
+        f->name = name[1] == 'y' ? "cycle" : "changed";
         f->self.t = TV_LOOP;
         f->self.loop = lp;
         out->t = TV_FUNC;
@@ -755,6 +755,19 @@ static kiln_err call_value(rstate *st, int line, tval fn, call_args *ca, tval *o
         if (fn.fn->id == -1) { /* loop.cycle */
             if (!ca->n_pos) return rt_error(st, line, KILN_ERR_INVALID, "no items for cycling given");
             *out = ca->pos[fn.fn->self.loop->i % ca->n_pos];
+            return KILN_OK;
+        }
+        if (fn.fn->id == -2) { /* loop.changed(*values) */
+            tloop *lp = fn.fn->self.loop;
+            tlist *args = tl_new(&st->a, ca->n_pos);
+            if (!args) return rt_nomem(st, line);
+            args->tuple = true;
+            for (size_t i = 0; i < ca->n_pos; i++) args->items[args->n++] = ca->pos[i];
+            tval now = {.t = TV_LIST};
+            now.l = args;
+            bool changed = lp->last_changed.t == TV_UNDEF || !tv_equal(lp->last_changed, now);
+            lp->last_changed = now;
+            *out = tv_bool(changed);
             return KILN_OK;
         }
         return bi_call_func(st, line, fn.fn, ca, out);

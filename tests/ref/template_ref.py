@@ -315,6 +315,7 @@ SNIPPETS = [
     "{{ '{0}{1}{0}'.format('a', 'b') }}{{ '{name} is {age:d}'.format(name='x', age=3) }}{{ '{{}} {}'.format(1) }}{{ '{:.1f}'.format(2) }}{{ '{:,.2f}'.format(1234567.891) }}{{ '{:=+8d}'.format(-42) }}",
     "{% set j = joiner(' | ') %}{% for x in l %}{{ j() }}{{ x }}{% endfor %}{% set c = cycler('odd', 'even') %}{% for x in l %}{{ c.next() }}{% endfor %}{{ c.current }}{{ c.reset() }}{{ c.next() }}",
     "{{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 1_000 }} {{ 1_000.5 }} {{ 2e3 }} {{ 1E-2 }} {{ 10 ** 18 }} {{ 2 ** 62 }} {{ -9223372036854775807 - 1 }}",
+    "{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x) %}[{{ x }}]{% endif %}{% endfor %}{% for m in msgs %}{{ loop.changed(m.role) }}{% endfor %}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
