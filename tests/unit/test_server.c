@@ -1,9 +1,10 @@
-/* test_server.c: the HTTP layer and the endpoints in process, without an engine: a kiln_http +
- * kiln_api_server on 127.0.0.1 (ephemeral port) runs its loop on the main thread while a client
- * thread speaks raw HTTP/1.1 over sockets: routing, 404/405 with Allow, 401 with constant-time
- * keys, 413, 415, 503 while the engine is not ready (with Retry-After), /tokenize and /detokenize,
- * keep-alive (two requests on one connection), a client that sends half a request and leaves,
- * and allocation failures injected into every request path. */
+/* test_server.c: the HTTP layer and the endpoints in process: a kiln_http + kiln_api_server on
+ * 127.0.0.1 (ephemeral port) runs its loop on the main thread while a client thread speaks raw
+ * HTTP/1.1 over sockets. Phase 1, before the engine is attached: routing, 404/405 with Allow, 401
+ * with constant-time keys, 413, 415, 503 engine_not_ready (with Retry-After), /tokenize and
+ * /detokenize, keep-alive, half requests, allocation failures in every request path. Phase 2,
+ * with the engine on the real model: generation and SSE framing, disconnects cancelling
+ * (mid-stream and non-streaming) with every KV block back, allocation failures mid-generation. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -11,12 +12,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "api/server.h"
-#include "model/gguf.h"
+#include "model/model.h"
 #include "test.h"
 
 static int port;
 static kiln_http *http;
+static kiln_api_server *api;
+static kiln_engine *engine;
 
 typedef struct resp {
     int status;
@@ -247,22 +252,151 @@ static void alloc_failures_in_requests(void) {
     CHECK_EQ_INT(r.status, 200);
 }
 
+/* ---- phase 2: with the engine ---- */
+
+static void attach_engine(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    (void)arg;
+    kiln_api_server_set_engine(api, engine); /* on the loop thread, as the server expects */
+}
+
+/* Reads a whole Connection: close response (any framing) into out; returns the status. */
+static int read_all(int fd, char *out, size_t cap) {
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = recv(fd, out + got, cap - 1 - got, 0);
+        if (k <= 0 || got + (size_t)k >= cap - 1) break;
+        got += (size_t)k;
+    }
+    out[got] = 0;
+    return got > 12 ? atoi(out + 9) : 0;
+}
+
+static int post(const char *path, const char *body, char *out, size_t cap) {
+    int fd = dial();
+    char req[4096];
+    int n = snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s%s"
+                     "Content-Length: %zu\r\n\r\n%s", path, AUTH, JSON_CT, strlen(body), body);
+    send_all(fd, req, (size_t)n);
+    int st = read_all(fd, out, cap);
+    close(fd);
+    return st;
+}
+
+static long metric(const char *name) {
+    resp r = request("GET", "/metrics", NULL, NULL);
+    const char *p = strstr(r.body, name);
+    return p ? atol(p + strlen(name) + 1) : -1;
+}
+
+static bool wait_idle(void) {
+    for (int i = 0; i < 400; i++) {
+        if (metric("kiln_num_requests_active") == 0 && metric("kiln_http_calls_in_flight") == 0 &&
+            metric("kiln_kv_blocks_free") == metric("kiln_kv_blocks_total"))
+            return true;
+        usleep(25000);
+    }
+    return false;
+}
+
+static void generation_and_streams(void) {
+    static char out[1 << 16];
+    int st = post("/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":12,"
+                  "\"temperature\":0}", out, sizeof(out));
+    CHECK_EQ_INT(st, 200);
+    /* llama.cpp's greedy continuation starts ", there was a little girl named Lily." */
+    CHECK_MSG(strstr(out, "\"text\":\", there was a little girl named Lily") != NULL, "%s", out);
+    st = post("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+              "\"max_tokens\":4,\"n\":2,\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+              out, sizeof(out));
+    CHECK_EQ_INT(st, 200);
+    CHECK(strstr(out, "text/event-stream") != NULL);
+    CHECK(strstr(out, "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}") != NULL);
+    CHECK(strstr(out, "\"choices\":[],\"usage\":{\"prompt_tokens\":") != NULL);
+    CHECK(strstr(out, "data: [DONE]\n\n") != NULL);
+    CHECK(wait_idle());
+}
+
+/* A stream closed after its first event, and a non-streaming request closed while it runs: both
+ * are cancelled and every KV block comes back. */
+static void disconnects(void) {
+    long c0 = metric("kiln_requests_cancelled_total");
+    const char *bodies[] = {
+        "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"ignore_eos\":true,\"n\":4,"
+        "\"stream\":true}",
+        "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"ignore_eos\":true,\"n\":4}",
+    };
+    for (int i = 0; i < 2; i++) {
+        int fd = dial();
+        char req[1024], buf[4096];
+        int n = snprintf(req, sizeof(req), "POST /v1/completions HTTP/1.1\r\nHost: x\r\n%s%s"
+                         "Content-Length: %zu\r\n\r\n%s", AUTH, JSON_CT, strlen(bodies[i]),
+                         bodies[i]);
+        send_all(fd, req, (size_t)n);
+        if (i == 0) {
+            ssize_t k = recv(fd, buf, sizeof(buf) - 1, 0); /* headers + first events */
+            CHECK(k > 0);
+        } else {
+            for (int j = 0; j < 200 && metric("kiln_num_requests_running") <= 0; j++) usleep(5000);
+        }
+        close(fd);
+        CHECK(wait_idle());
+        CHECK_EQ_INT(metric("kiln_requests_cancelled_total"), c0 + i + 1);
+    }
+}
+
+/* Allocation failures while requests run through the engine: never a crash or a leak. The
+ * engine thread allocates too, so where the failure lands varies; every answer must still be
+ * a well-formed status, and a run without failures must succeed. */
+static void alloc_failures_with_engine(void) {
+    static char out[1 << 16];
+    const char *bodies[] = {
+        "{\"prompt\":\"Once upon a time\",\"max_tokens\":6,\"n\":2,\"logprobs\":2,\"echo\":true}",
+        "{\"prompt\":[\"Once\",\"upon\"],\"max_tokens\":6,\"stream\":true,\"stream_options\":"
+        "{\"include_usage\":true},\"logprobs\":1,\"stop\":[\"the\"]}",
+    };
+    for (size_t i = 0; i < KILN_ARRAY_LEN(bodies); i++) {
+        bool ok = false;
+        for (long n = 0; n < 1000 && !ok; n++) {
+            kiln_alloc_fail_after(n);
+            int st = post("/v1/completions", bodies[i], out, sizeof(out));
+            long n_failed = kiln_alloc_n_failed();
+            kiln_alloc_fail_after(-1);
+            CHECK_MSG(st == 200 || st == 500 || st == 503 || st == 0, "n=%ld: status %d", n, st);
+            ok = st == 200 && n_failed == 0;
+        }
+        CHECK(ok);
+        CHECK(wait_idle());
+    }
+}
+
 static void *client_main(void *arg) {
     (void)arg;
     RUN(routes_and_errors);
     RUN(tokenizer_endpoints);
     RUN(keep_alive_and_half_requests);
     RUN(alloc_failures_in_requests);
+    struct timeval now = {0, 0};
+    event_base_once(kiln_http_base(http), -1, EV_TIMEOUT, attach_engine, NULL, &now);
+    for (int i = 0; i < 200 && request("GET", "/health", NULL, NULL).status != 200; i++)
+        usleep(10000);
+    RUN(generation_and_streams);
+    RUN(disconnects);
+    RUN(alloc_failures_with_engine);
     kiln_http_stop(http);
     return NULL;
 }
 
 int main(void) {
+    kiln_log_set_level(KILN_LOG_WARN); /* no request log lines */
     char path[1024];
     snprintf(path, sizeof(path), "%s/models/stories260K.gguf", test_data_dir());
-    kiln_gguf *g = NULL;
+    kiln_model *m = NULL;
     kiln_vocab *v = NULL;
-    if (kiln_gguf_open(path, &g) != KILN_OK || kiln_vocab_load(g, &v) != KILN_OK) {
+    kiln_model_opts mo = {.n_threads = 1};
+    if (kiln_model_load(path, &mo, &m) != KILN_OK ||
+        kiln_vocab_load(kiln_model_gguf(m), &v) != KILN_OK) {
         fprintf(stderr, "cannot load %s: %s\n", path, kiln_errmsg());
         return 1;
     }
@@ -274,9 +408,12 @@ int main(void) {
     ho.api_keys = keys;
     ho.n_api_keys = 2;
     ho.error_fn = kiln_api_error_body;
-    kiln_api_server *api = NULL;
     kiln_api_server_opts ao = {.model_name = "tiny"};
-    if (kiln_http_new(&ho, &http) != KILN_OK || kiln_api_server_new(http, v, &ao, &api) != KILN_OK) {
+    kiln_engine_opts eo;
+    kiln_engine_opts_default(&eo);
+    eo.kv_cache_bytes = 16u << 20;
+    if (kiln_http_new(&ho, &http) != KILN_OK || kiln_api_server_new(http, v, &ao, &api) != KILN_OK ||
+        kiln_engine_new(m, v, &eo, kiln_api_server_notify, api, &engine) != KILN_OK) {
         fprintf(stderr, "cannot start the server: %s\n", kiln_errmsg());
         return 1;
     }
@@ -293,9 +430,10 @@ int main(void) {
     pthread_create(&th, NULL, client_main, NULL);
     kiln_http_run(http);
     pthread_join(th, NULL);
+    kiln_engine_free(engine);
     kiln_api_server_free(api);
     kiln_http_free(http);
     kiln_vocab_free(v);
-    kiln_gguf_close(g);
+    kiln_model_free(m);
     return TEST_REPORT("test_server");
 }
