@@ -28,7 +28,12 @@ typedef struct ev_list {
     evnode *head, *tail;
 } ev_list;
 
-typedef enum seq_state { SEQ_WAITING, SEQ_RUNNING, SEQ_DONE } seq_state;
+typedef enum seq_state {
+    SEQ_WAITING,      /* in e->waiting, no blocks */
+    SEQ_RUNNING,      /* in e->running, holds blocks */
+    SEQ_FORK_PENDING, /* choice > 0 waiting for choice 0's prefill to share its blocks; no list */
+    SEQ_DONE          /* finished or never queued; no list, no blocks */
+} seq_state;
 
 struct ereq;
 
@@ -36,7 +41,7 @@ struct ereq;
 typedef struct seq {
     struct ereq *req;
     int32_t index;             /* choice index */
-    seq_state state;           /* WAITING: in e->waiting; RUNNING: in e->running */
+    seq_state state;
     int32_t *tokens;           /* (n_prompt + max_tokens,) prompt then generated ids */
     int32_t n_tokens;          /* known tokens */
     int32_t n_computed;        /* tokens whose K/V are in the cache (positions 0..n_computed) */
@@ -788,6 +793,35 @@ static kiln_err reserve_logits(kiln_engine *e, int32_t n_rows) {
     return KILN_OK;
 }
 
+/* Choice 0 of q (leader) has just computed its whole prompt: the other choices share the blocks
+ * its prompt filled completely, up to position n_prompt - 2 (each computes at least the last
+ * prompt row itself, for its own logits). Shared blocks are never written again: every later
+ * position of either sequence falls in a block of its own. Without room in running, or with no
+ * full block to share, a choice waits and prefills from scratch. */
+static void fork_choices(kiln_engine *e, ereq *q, seq *leader) {
+    int32_t n_share = (q->n_prompt - 1) / e->block_size;
+    KILN_ASSERT(n_share <= leader->n_blocks);
+    for (int32_t i = q->n - 1; i >= 1; i--) {
+        seq *f = &q->seqs[i];
+        if (f->state != SEQ_FORK_PENDING) continue;
+        if (n_share == 0 || e->running.n >= e->opts.max_num_seqs) {
+            f->state = SEQ_WAITING;
+            list_push_front(&e->waiting, f); /* reverse order: choice 1 first */
+            continue;
+        }
+        for (int32_t b = 0; b < n_share; b++) {
+            kiln_kv_ref_block(e->kv, leader->blocks[b]);
+            f->blocks[b] = leader->blocks[b];
+        }
+        f->n_blocks = n_share;
+        f->n_computed = n_share * e->block_size;
+        f->n_sched = 0;
+        f->i_logits = -1;
+        f->state = SEQ_RUNNING;
+        list_push_back(&e->running, f);
+    }
+}
+
 /* One scheduler step: plan, forward once, sample. Returns the number of rows forwarded. */
 static int32_t step(kiln_engine *e) {
     const int32_t bs = e->block_size;
@@ -880,9 +914,9 @@ static int32_t step(kiln_engine *e) {
             row->want_logits = s->lp_rows || p == s->n_tokens - 1;
             if (p == s->n_tokens - 1) s->i_logits = n_logits;
             if (row->want_logits) n_logits++;
+            /* Prefill rows: the prompt, or generated tokens recomputed after preemption. */
+            if (p < s->req->n_prompt || p < s->n_tokens - 1) e->acc.n_prompt_tokens++;
         }
-        if (s->n_computed == 0 || s->n_tokens - s->n_computed > 1)
-            e->acc.n_prompt_tokens += (uint64_t)s->n_sched;
     }
     if (n_rows == 0) return 0;
 
@@ -917,6 +951,8 @@ static int32_t step(kiln_engine *e) {
         }
         s->n_computed += s->n_sched;
         s->n_sched = 0;
+        if (s->index == 0 && q->n > 1 && s->n_gen == 0 && s->n_computed == q->n_prompt)
+            fork_choices(e, q, s);
     }
     for (int32_t i = 0; i < n_seqs; i++) {
         seq *s = e->sched[i];
@@ -985,6 +1021,7 @@ static void *engine_main(void *arg) {
             e->active_head = q;
             for (int32_t i = 0; i < q->n; i++) {
                 if (q->cancelled) q->seqs[i].state = SEQ_DONE; /* never queued */
+                else if (i > 0) q->seqs[i].state = SEQ_FORK_PENDING;
                 else list_push_back(&e->waiting, &q->seqs[i]);
             }
         }

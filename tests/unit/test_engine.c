@@ -809,12 +809,17 @@ static void stop_token_ids_and_min_tokens(void) {
 /* n = 3 with a seed: reproducible run to run, choice i equal to a lone request seeded seed + i,
  * usage summed over the choices, each choice finishing once. */
 static void seeded_n3_reproducible(void) {
-    const int32_t prompt[5] = {1, 403, 407, 261, 378};
+    /* Over 16 tokens, so that choices 1 and 2 share choice 0's first prompt block. */
+    int32_t *prompt;
+    int32_t n_prompt = encode("Once upon a time, there was a little girl named Lily. She loved "
+                              "to play outside in the park",
+                              &prompt);
+    CHECK(n_prompt > 17);
     req_out *a = outs_new(1), *b = outs_new(1), *lone = outs_new(3);
     kiln_request r;
     kiln_request_init(&r);
     r.prompt = prompt;
-    r.n_prompt = 5;
+    r.n_prompt = n_prompt;
     r.max_tokens = 40;
     r.n = 3;
     r.sampling.temperature = 1.0f;
@@ -839,7 +844,7 @@ static void seeded_n3_reproducible(void) {
               memcmp(lone[c].ch[0].ids, a->ch[c].ids, sizeof(int32_t) * (size_t)a->ch[c].n_ids) == 0);
     }
     CHECK_EQ_INT(a->usage_completion, sum);
-    CHECK_EQ_INT(a->usage_prompt, 5);
+    CHECK_EQ_INT(a->usage_prompt, n_prompt);
     /* Temperature 1 over a 512-token vocabulary: the three choices are not all the same. */
     CHECK(!(a->ch[0].text.len == a->ch[1].text.len && a->ch[1].text.len == a->ch[2].text.len &&
             memcmp(a->ch[0].text.data, a->ch[1].text.data, a->ch[0].text.len) == 0 &&
@@ -847,6 +852,7 @@ static void seeded_n3_reproducible(void) {
     outs_free(a, 1);
     outs_free(b, 1);
     outs_free(lone, 3);
+    kiln_free(prompt);
 }
 
 /* Logprobs of the chosen token equal the reference log-softmax; top lists are sorted and start
@@ -925,7 +931,8 @@ static void chunked_prefill_and_prompt_logprobs(void) {
     }
     kiln_engine_stats st;
     kiln_engine_stats_get(e, &st);
-    CHECK_EQ_INT(st.n_prompt_tokens, 2 * na + nb); /* each choice prefills its own copy */
+    /* Choice 1 shares the blocks choice 0 filled with prompt positions up to na - 2. */
+    CHECK_EQ_INT(st.n_prompt_tokens, 2 * na - (na - 1) / 16 * 16 + nb);
     CHECK(st.n_rows_forwarded <= 8 * st.n_steps);
     check_idle(e);
     /* Out of range. */
@@ -947,7 +954,7 @@ static void chunked_prefill_and_prompt_logprobs(void) {
  * random moments. Invariants: one terminal event per request, one finishing delta per choice of
  * a finished request, usage = tokens received, greedy outputs are prefixes of the reference
  * (stops only truncate), prompt logprobs filled, and everything freed at the end. */
-static void random_mix_stress(void) {
+static void random_mix(uint64_t seed, int32_t bs, int32_t n_blocks, int32_t budget, int32_t max_seqs) {
     int32_t *ids[N_PROMPTS], n_ids[N_PROMPTS];
     ref_out *refs = calloc(N_PROMPTS, sizeof(*refs));
     for (int32_t i = 0; i < N_PROMPTS; i++) {
@@ -955,16 +962,16 @@ static void random_mix_stress(void) {
         ref_greedy(ids[i], n_ids[i], 40, -1, 0, -1, &refs[i]);
     }
     kiln_kv *probe = NULL;
-    CHECK(kiln_kv_new(g_model, 1 << 20, 4, &probe) == KILN_OK);
+    CHECK(kiln_kv_new(g_model, 1 << 20, bs, &probe) == KILN_OK);
     if (!probe) return;
     size_t per_block = kiln_kv_bytes_per_block(probe);
     kiln_kv_free(probe);
     kiln_engine_opts opts;
     kiln_engine_opts_default(&opts);
-    opts.block_size = 4;
-    opts.kv_cache_bytes = per_block * 16; /* 64 token slots */
-    opts.max_num_seqs = 5;
-    opts.max_num_batched_tokens = 16;
+    opts.block_size = bs;
+    opts.kv_cache_bytes = per_block * (size_t)n_blocks;
+    opts.max_num_seqs = max_seqs;
+    opts.max_num_batched_tokens = budget;
     kiln_engine *e = engine_new(&opts);
     if (!e) return;
     enum { N = 40 };
@@ -972,7 +979,7 @@ static void random_mix_stress(void) {
     int32_t which[N], max_tok[N];
     bool greedy[N], cancel_at[N];
     kiln_rng rng;
-    kiln_rng_seed(&rng, 77);
+    kiln_rng_seed(&rng, seed);
     const char *stops[2] = {"the", "ily"};
     int32_t stop_ids[1] = {13};
     for (int32_t i = 0; i < N; i++) {
@@ -1039,12 +1046,23 @@ static void random_mix_stress(void) {
     kiln_engine_stats_get(e, &st);
     CHECK_MSG(st.n_preemptions > 0, "no preemption");
     CHECK(st.n_requests_cancelled > 0 && st.n_requests_finished > 0);
-    CHECK(st.max_seqs_in_step >= 3);
+    CHECK(st.max_seqs_in_step >= KILN_MIN(3, max_seqs));
+    CHECK_EQ_INT(st.n_requests_finished + st.n_requests_cancelled, N);
     check_idle(e);
     kiln_engine_free(e);
     outs_free(o, N);
     for (int32_t i = 0; i < N_PROMPTS; i++) kiln_free(ids[i]);
     free(refs);
+}
+
+static void random_mix_stress(void) {
+    const char *env = getenv("KILN_ENGINE_STRESS_SEEDS"); /* more seeds when hunting bugs */
+    int n_seeds = env ? atoi(env) : 1;
+    for (int i = 0; i < n_seeds; i++) {
+        random_mix(77 + (uint64_t)i, 4, 16, 16, 5);  /* 64 slots, tiny blocks */
+        random_mix(91 + (uint64_t)i, 16, 5, 7, 3);   /* 80 slots, a 7-row budget */
+        random_mix(13 + (uint64_t)i, 8, 12, 40, 8);
+    }
 }
 
 /* The notify callback runs after events are pushed. */
