@@ -1,7 +1,8 @@
 /* forward.c: the batched forward pass. Rows from any number of sequences go through each layer
  * together: projections are one matmul over all rows; each row's K/V is written into its
- * sequence's paged cache slot, then each (row, head) attends over positions 0..pos of its own
- * sequence through the block table (GQA: n_head / n_head_kv query heads share a KV head).
+ * sequence's paged cache slot, then each (row, KV head) attends over positions 0..pos of its own
+ * sequence through the block table, the n_head / n_head_kv query heads that share the KV head
+ * together (GQA), so each K/V chunk is read once for all of them.
  * A row's result never depends on the other rows of the batch (batching invariance).
  * Thread: the engine thread, one call at a time per model; per-row work (RoPE, K/V stores,
  * attention) and the matmuls run on the compute team (kernels/pool.h). No allocation once the
@@ -105,31 +106,55 @@ static void add_bias(float *y, const float *bias, int32_t n_rows, int64_t width)
         for (int64_t i = 0; i < width; i++) y[r * width + i] += bias[i];
 }
 
-/* One (row, head) of attention with an online softmax: out (head_dim,) = softmax(q.K^T * scale)
- * . V over positions 0..pos of the row's sequence. */
-static void attend(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const kiln_batch_seq *sq, int32_t pos,
-                   const float *q, int32_t kv_off, int32_t hd, float scale, float *out) {
-    float acc[KILN_MAX_HEAD_DIM];
-    float mx = -INFINITY, l = 0;
-    memset(acc, 0, (size_t)hd * sizeof(float));
-    for (int32_t p = 0; p <= pos; p++) {
-        int32_t blk = sq->block_table[p / kv->block_size];
-        size_t slot = (size_t)(p % kv->block_size) * (size_t)kv->n_kv_dim + (size_t)kv_off;
-        const float *kp = kiln_kv_k(kv, blk, il) + slot;
-        const float *vp = kiln_kv_v(kv, blk, il) + slot;
-        float s = k->dot(q, kp, hd) * scale;
-        if (s > mx) {
-            float corr = expf(mx - s); /* exp(-inf) = 0 on the first position */
-            l *= corr;
-            for (int32_t i = 0; i < hd; i++) acc[i] *= corr;
-            mx = s;
+/* Positions scored at a time, and the accumulator budget (heads x head_dim floats) of one call. */
+#define ATT_CHUNK 32
+#define ATT_MAX_HEADS 64
+#define ATT_ACC_FLOATS 4096
+_Static_assert(ATT_ACC_FLOATS >= KILN_MAX_HEAD_DIM, "one head of the largest head_dim fits the accumulator");
+
+/* Query heads q (ng, hd) of one row, all reading the KV head at kv_off, attend over positions
+ * 0..pos of the row's sequence: out (ng, hd) = softmax(q.K^T * scale) . V. The online softmax
+ * is updated once per chunk of up to ATT_CHUNK positions of one cache block, and each chunk of
+ * K and V is read once for all ng heads (GQA) while it sits in L1. */
+static void attend_heads(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const kiln_batch_seq *sq,
+                         int32_t pos, const float *q, int ng, int32_t kv_off, int32_t hd, float scale, float *out) {
+    KILN_ASSERT(ng >= 1 && ng <= ATT_MAX_HEADS && ng * hd <= ATT_ACC_FLOATS);
+    float acc[ATT_ACC_FLOATS];
+    float mx[ATT_MAX_HEADS], l[ATT_MAX_HEADS], sc[ATT_CHUNK];
+    const size_t stride = (size_t)kv->n_kv_dim;
+    memset(acc, 0, (size_t)ng * (size_t)hd * sizeof(float));
+    for (int h = 0; h < ng; h++) mx[h] = -INFINITY, l[h] = 0;
+    for (int32_t p0 = 0, n; p0 <= pos; p0 += n) {
+        int32_t slot0 = p0 % kv->block_size;
+        n = KILN_MIN(KILN_MIN(ATT_CHUNK, kv->block_size - slot0), pos + 1 - p0);
+        int32_t blk = sq->block_table[p0 / kv->block_size];
+        const float *kb = kiln_kv_k(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
+        const float *vb = kiln_kv_v(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
+        for (int h = 0; h < ng; h++) {
+            const float *qh = q + (size_t)h * hd;
+            float *ah = acc + (size_t)h * hd;
+            float bm = -INFINITY;
+            for (int32_t i = 0; i < n; i++) {
+                sc[i] = k->dot(qh, kb + (size_t)i * stride, hd) * scale;
+                bm = sc[i] > bm ? sc[i] : bm;
+            }
+            if (bm > mx[h]) {
+                float corr = expf(mx[h] - bm); /* exp(-inf) = 0 on the first chunk */
+                l[h] *= corr;
+                for (int32_t i = 0; i < hd; i++) ah[i] *= corr;
+                mx[h] = bm;
+            }
+            for (int32_t i = 0; i < n; i++) {
+                float w = expf(sc[i] - mx[h]);
+                l[h] += w;
+                k->axpy(w, vb + (size_t)i * stride, ah, hd);
+            }
         }
-        float w = expf(s - mx);
-        l += w;
-        k->axpy(w, vp, acc, hd);
     }
-    float inv = 1.0f / l;
-    for (int32_t i = 0; i < hd; i++) out[i] = acc[i] * inv;
+    for (int h = 0; h < ng; h++) {
+        float inv = 1.0f / l[h];
+        for (int32_t i = 0; i < hd; i++) out[(size_t)h * hd + i] = acc[(size_t)h * hd + i] * inv;
+    }
 }
 
 /* One layer's per-row work, split over the compute team. */
@@ -169,7 +194,7 @@ static void rope_store_part(void *ctx, int ith, int nth) {
     }
 }
 
-/* Attention for (row, head) items taken a few at a time from a shared counter (rows differ in
+/* Attention for (row, KV head) items taken a few at a time from a shared counter (rows differ in
  * context length, so static shares would be uneven). */
 static void attend_part(void *ctx, int ith, int nth) {
     layer_job *j = ctx;
@@ -177,15 +202,20 @@ static void attend_part(void *ctx, int ith, int nth) {
     const kiln_hparams *hp = &m->hp;
     const int32_t hd = hp->head_dim, n_head = hp->n_head, qd = n_head * hd, group = n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int64_t n_items = (int64_t)j->batch->n_rows * n_head, step = 4;
+    const int max_ng = KILN_MIN(ATT_MAX_HEADS, ATT_ACC_FLOATS / hd);
+    const int64_t n_items = (int64_t)j->batch->n_rows * hp->n_head_kv, step = 2;
     for (;;) {
         int64_t i0 = atomic_fetch_add(&j->next, step);
         if (i0 >= n_items) break;
-        for (int64_t rh = i0; rh < KILN_MIN(i0 + step, n_items); rh++) {
-            int32_t r = (int32_t)(rh / n_head), h = (int32_t)(rh % n_head);
+        for (int64_t it = i0; it < KILN_MIN(i0 + step, n_items); it++) {
+            int32_t r = (int32_t)(it / hp->n_head_kv), g = (int32_t)(it % hp->n_head_kv);
             const kiln_batch_row *row = &j->batch->rows[r];
-            attend(m->k, j->kv, j->il, &j->batch->seqs[row->seq], row->pos, m->s.q + (size_t)r * qd + (size_t)h * hd,
-                   (h / group) * hd, hd, scale, m->s.att + (size_t)r * qd + (size_t)h * hd);
+            for (int32_t h0 = g * group; h0 < (g + 1) * group; h0 += max_ng) {
+                int ng = (int)KILN_MIN(max_ng, (g + 1) * group - h0);
+                size_t off = (size_t)r * qd + (size_t)h0 * hd;
+                attend_heads(m->k, j->kv, j->il, &j->batch->seqs[row->seq], row->pos, m->s.q + off, ng, g * hd, hd,
+                             scale, m->s.att + off);
+            }
         }
     }
 }
