@@ -44,9 +44,11 @@ typedef struct kiln_request {
     int32_t n_prompt;                   /* >= 1 */
     kiln_sampler_params sampling;       /* sample.h; n_top_logprobs = logprobs of the completion */
     int32_t n;                          /* choices, 1..KILN_ENGINE_MAX_N; choice i samples with
-                                         * seed + i when sampling.has_seed */
+                                         * seed + i when sampling.has_seed; the choices share
+                                         * the prompt's KV blocks */
     int32_t max_tokens;                 /* completion tokens per choice; <= 0 = up to the context */
-    int32_t min_tokens;                 /* EOS / stop_token_ids banned before this many tokens */
+    int32_t min_tokens;                 /* EOS / stop_token_ids banned, stop strings not looked
+                                         * for, before this many tokens */
     bool ignore_eos;                    /* end-of-generation tokens do not stop the choice */
     const char *const *stop;            /* (n_stop,) stop strings, NUL-terminated */
     int32_t n_stop;                     /* <= KILN_STOP_MAX_STRINGS */
@@ -106,7 +108,9 @@ typedef struct kiln_event {
     size_t n_text;                  /* may be 0 (text held back by the stop matcher) */
     int32_t n_tokens;               /* tokens generated in this delta (their text is not
                                      * necessarily in `text` yet); the concatenation over a
-                                     * choice's deltas is its completion */
+                                     * choice's deltas is its completion, a final stop token
+                                     * (EOS, stop_token_ids) included and counted in usage,
+                                     * though its text is not sent */
     const kiln_event_token *tokens; /* (n_tokens,); for PROMPT_LOGPROBS: the n_prompt tokens,
                                      * each with its raw logprob given the tokens before it and
                                      * the top alternatives at that position (none for token 0) */
