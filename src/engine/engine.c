@@ -42,7 +42,8 @@ typedef struct seq {
     struct ereq *req;
     int32_t index;             /* choice index */
     seq_state state;
-    int32_t *tokens;           /* (n_prompt + max_tokens,) prompt then generated ids */
+    int32_t *tokens;           /* (cap_tokens,) prompt then generated ids */
+    int32_t cap_tokens;        /* grows by doubling up to n_prompt + max_tokens */
     int32_t n_tokens;          /* known tokens */
     int32_t n_computed;        /* tokens whose K/V are in the cache (positions 0..n_computed) */
     int32_t n_gen;             /* generated tokens */
@@ -268,8 +269,11 @@ static kiln_err seq_build(kiln_engine *e, ereq *q, const kiln_request *r, int32_
     s->index = i;
     s->state = SEQ_WAITING;
     s->i_logits = -1;
-    size_t cap = (size_t)r->n_prompt + (size_t)q->max_tokens;
+    /* Room for some completion now; more on demand (a queued request with a large max_tokens
+     * holds little memory). */
+    size_t cap = (size_t)r->n_prompt + (size_t)KILN_MIN(q->max_tokens, 256);
     s->tokens = kiln_malloc(cap * sizeof(int32_t));
+    s->cap_tokens = (int32_t)cap;
     s->blocks = kiln_malloc((size_t)e->max_blocks_per_seq * sizeof(int32_t));
     if (!s->tokens || !s->blocks) return kiln_errf(KILN_ERR_NOMEM, "engine: out of memory");
     memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
@@ -711,6 +715,16 @@ static void sample_one(kiln_engine *e, seq *s, float *logits) {
     }
     int32_t tok = res.token;
     KILN_ASSERT(s->n_tokens < q->n_prompt + q->max_tokens);
+    if (s->n_tokens == s->cap_tokens) {
+        int32_t cap = (int32_t)KILN_MIN((int64_t)s->cap_tokens * 2, (int64_t)q->n_prompt + q->max_tokens);
+        int32_t *t = kiln_realloc(s->tokens, (size_t)cap * sizeof(int32_t));
+        if (!t) {
+            req_fail(e, q, KILN_ERR_NOMEM, "engine: out of memory for the token history");
+            return;
+        }
+        s->tokens = t;
+        s->cap_tokens = cap;
+    }
     s->tokens[s->n_tokens++] = tok;
     s->n_gen++;
     q->n_completion++;

@@ -319,6 +319,20 @@ static void greedy_matches_known_text(void) {
     CHECK_MSG(want && o->ch[0].text.len == n_want && memcmp(o->ch[0].text.data, want, n_want) == 0,
               "engine text \"%.*s\"", (int)o->ch[0].text.len, o->ch[0].text.data);
     check_matches_ref(&o->ch[0], &ref, "greedy252");
+    /* Longer than the token history's first allocation (prompt + 256): it grows. */
+    ref_out *ref400 = calloc(1, sizeof(*ref400));
+    kiln_engine_free(e);
+    ref_greedy(prompt, 5, 400, -1, 0, -1, ref400);
+    CHECK(ref400->n > 300);
+    e = engine_new(NULL);
+    if (!e) return;
+    req_out *o400 = outs_new(1);
+    greedy_request(&r, prompt, 5, 400);
+    submit_ok(e, &r, o400);
+    collect(e, o400, 1);
+    check_matches_ref(&o400->ch[0], ref400, "greedy400");
+    outs_free(o400, 1);
+    free(ref400);
     check_idle(e);
     kiln_engine_free(e);
     outs_free(o, 1);
