@@ -1,7 +1,11 @@
 /* fuzz_template.c: libFuzzer driver for the template engine (`make fuzz` builds
  * build/fuzz/fuzz_template). The input is template source; when it parses it is rendered with a
  * fixed chat context under small limits. Any status is fine; crashes, leaks and sanitizer
- * reports are the bugs. */
+ * reports are the bugs. Standalone build (needs only the template module):
+ *   clang -std=c11 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
+ *     -o fuzz_template tests/fuzz/fuzz_template.c src/template/*.c src/base/base.c \
+ *     -ljansson -lutf8proc -lm -pthread
+ *   ./fuzz_template CORPUS_DIR   (seed it with ../shared/testdata/templates/\*.jinja) */
 #include <stdint.h>
 #include <string.h>
 
