@@ -3,7 +3,8 @@
  * fixed chat context under small limits. Any status is fine; crashes, leaks and sanitizer
  * reports are the bugs. Standalone build (needs only the template module):
  *   clang -std=c11 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
- *     -o fuzz_template tests/fuzz/fuzz_template.c src/template/*.c src/base/base.c \
+ *     -o fuzz_template tests/fuzz/fuzz_template.c src/template/{builtins,parse,render,value}.c \
+ *     src/base/base.c \
  *     -ljansson -lutf8proc -lm -pthread
  *   ./fuzz_template CORPUS_DIR   (seed it with ../shared/testdata/templates/\*.jinja) */
 #include <stdint.h>
