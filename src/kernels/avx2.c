@@ -118,6 +118,7 @@ static inline __attribute__((always_inline)) void q_row(kiln_wtype t, const uint
         }
         /* |w| as u8 times a * sign(w): |pair sum| <= 2 * 128 * 127 fits int16 */
         const __m256i wabs = _mm256_sign_epi8(wv, wv);
+        #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
             int64_t r = c0 + c;
             __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (r * a->nb + b) * 32));
@@ -126,6 +127,7 @@ static inline __attribute__((always_inline)) void q_row(kiln_wtype t, const uint
             acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(sc), acc[c]);
         }
     }
+    #pragma GCC unroll 8
     for (int c = 0; c < nc; c++) y[(c0 + c) * n_out + o] = hsum8(acc[c]);
 }
 
@@ -194,16 +196,22 @@ static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, 
                                                            const float *x, int64_t n_in, int64_t c0, float *y,
                                                            int64_t n_out, int64_t o0) {
     __m256 acc[4][4];
+    #pragma GCC unroll 8
     for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 8
         for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
     for (int64_t k = 0; k < n_in; k += 8) {
         __m256 wv[4];
+        #pragma GCC unroll 8
         for (int i = 0; i < 4; i++) wv[i] = load_w(t, rp[i], k, n_in);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             __m256 xv = load_x(x + (c0 + c) * n_in, k, n_in);
+            #pragma GCC unroll 8
             for (int i = 0; i < 4; i++) acc[i][c] = _mm256_fmadd_ps(wv[i], xv, acc[i][c]);
         }
     }
+    #pragma GCC unroll 8
     for (int c = 0; c < C; c++)
         for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = hsum8(acc[i][c]);
 }
@@ -212,6 +220,7 @@ static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const voi
                                                          int64_t n_out, int64_t n_in, const float *x, int64_t n_x,
                                                          float *y, int64_t o0) {
     const uint8_t *rp[4];
+#pragma GCC unroll 8
     for (int i = 0; i < 4; i++) rp[i] = (const uint8_t *)w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
     int64_t c0 = 0;
     for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, x, n_in, c0, y, n_out, o0);

@@ -139,6 +139,7 @@ static inline __attribute__((always_inline)) __m512i act_pair(kiln_wtype t, cons
 static inline __attribute__((always_inline)) void hsum_pair(kiln_wtype t, const __m512i s[8], __m256i *vb,
                                                             __m256i *vb1) {
     __m256i f[8];
+    #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
         if (t == KILN_WTYPE_Q4_0) /* [b, b+1, b, b+1] -> [b, b+1] */
             f[i] = _mm256_add_epi32(_mm512_castsi512_si256(s[i]), _mm512_extracti64x4_epi64(s[i], 1));
@@ -175,6 +176,7 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
     const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
     const uint8_t *rp[8];
     int32_t off[8];
+    #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
         rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
         off[i] = (int32_t)(rp[i] - rp[0]);
@@ -187,6 +189,7 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
     int64_t b = 0;
     for (; b + 2 <= a->nb; b += 2) {
         __m512i wv[8];
+        #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             _mm_prefetch((const char *)(rp[i] + (size_t)(b + PREFETCH_BLOCKS) * bb), _MM_HINT_T0);
             wv[i] = unpack_pair(t, rp[i], b);
@@ -194,10 +197,12 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
         __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
         __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
         __m256 dw0 = _mm512_castps512_ps256(dw), dw1 = _mm512_extractf32x8_ps(dw, 1);
+        #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
             int64_t r = c0 + c;
             __m512i av = act_pair(t, a->q + (r * a->nb + b) * 32);
             __m512i sv[8];
+            #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
             __m256i vb, vb1;
             hsum_pair(t, sv, &vb, &vb1);
@@ -208,20 +213,24 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
     if (b < a->nb) { /* odd block count: the last block alone */
         __m256i wv[8];
         float dwf[8];
+        #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             wv[i] = unpack_block(t, rp[i], b);
             dwf[i] = f16(block_d(t, rp[i], b));
         }
         __m256 dw = _mm256_loadu_ps(dwf);
+        #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
             int64_t r = c0 + c;
             __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (r * a->nb + b) * 32));
             __m256i sv[8];
+            #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) sv[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[i], av);
             acc[c] = gemv_step(acc[c], hsum8x8(sv), a, r, b, dw);
         }
     }
     __mmask8 m = (__mmask8)((1u << KILN_MIN(8, n_out - o0)) - 1);
+    #pragma GCC unroll 8
     for (int c = 0; c < nc; c++) _mm256_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
 }
 
@@ -253,22 +262,27 @@ static inline __attribute__((always_inline)) void q_kernel(int C, const uint32_t
                                                            int64_t nbk, const qact *a, int64_t c0, bool first,
                                                            float *y, int64_t n_out, int64_t o0, __mmask16 m) {
     __m512 acc[8];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; c++)
         acc[c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (c0 + c) * n_out + o0);
     for (int64_t j = 0; j < nbk; j++) {
         int64_t b = b0 + j;
         __m512i wv[8];
+        #pragma GCC unroll 8
         for (int qd = 0; qd < 8; qd++) wv[qd] = _mm512_loadu_si512(pw + (j * 8 + qd) * PANEL);
         __m512 dw = _mm512_loadu_ps(pd + j * PANEL);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             int64_t r = c0 + c;
             const int32_t *aq = (const int32_t *)(a->q + (r * a->nb + b) * 32);
             __m512i s = _mm512_set1_epi32(a->corr[r * a->nb + b]);
+            #pragma GCC unroll 8
             for (int qd = 0; qd < 8; qd++) s = _mm512_dpbusd_epi32(s, wv[qd], _mm512_set1_epi32(aq[qd]));
             __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * a->nb + b]));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[c]);
         }
     }
+    #pragma GCC unroll 8
     for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
 }
 
@@ -369,17 +383,23 @@ static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, 
                                                            const float *x, int64_t n_in, int64_t c0, float *y,
                                                            int64_t n_out, int64_t o0) {
     __m512 acc[4][4];
+    #pragma GCC unroll 8
     for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 8
         for (int c = 0; c < C; c++) acc[i][c] = _mm512_setzero_ps();
     for (int64_t k = 0; k < n_in; k += 16) {
         __mmask16 m = n_in - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_in - k)) - 1);
         __m512 wv[4];
+        #pragma GCC unroll 8
         for (int i = 0; i < 4; i++) wv[i] = load_w(t, rp[i], k, m);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + (c0 + c) * n_in + k);
+            #pragma GCC unroll 8
             for (int i = 0; i < 4; i++) acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
         }
     }
+    #pragma GCC unroll 8
     for (int c = 0; c < C; c++)
         for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = _mm512_reduce_add_ps(acc[i][c]);
 }
@@ -388,6 +408,7 @@ static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const voi
                                                          int64_t n_out, int64_t n_in, const float *x, int64_t n_x,
                                                          float *y, int64_t o0) {
     const uint8_t *rp[4];
+#pragma GCC unroll 8
     for (int i = 0; i < 4; i++) rp[i] = (const uint8_t *)w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
     int64_t c0 = 0;
     for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, x, n_in, c0, y, n_out, o0);
