@@ -144,8 +144,9 @@ void fmt_float(char *buf, size_t cap, double f);   /* Python repr of a float */
  * type name when v holds something JSON cannot serialize. */
 bool tv_to_json(sbuf *b, tval v, const char *indent, const char *item_sep, const char *key_sep,
                 bool sort_keys, const char **err_type);
-/* Converts parsed JSON into values (objects keep key order). */
-bool tv_from_json(arena *a, const json_t *j, tval *out, int depth);
+/* Converts parsed JSON into values (objects keep key order). KILN_ERR_NOMEM, or KILN_ERR_LIMIT
+ * past 200 levels of nesting (no message set). */
+kiln_err tv_from_json(arena *a, const json_t *j, tval *out, int depth);
 int tv_compare(tval a, tval b, bool *ok);  /* <0, 0, >0; ok false when not orderable */
 
 /* ---- AST ---- */

@@ -1337,9 +1337,10 @@ kiln_err kiln_template_render(const kiln_template *t, const json_t *ctx,
         json_object_foreach((json_t *)ctx, k, jv) {
             tval v;
             char *name = arena_strndup(&st.a, k, strlen(k));
-            if (!name || !tv_from_json(&st.a, jv, &v, 0)) {
-                err = name ? rt_error(&st, 0, KILN_ERR_INVALID, "context value '%s' is too deeply nested", k) : rt_nomem(&st, 0);
-                if (st.a.hit_limit || !name) err = rt_nomem(&st, 0);
+            kiln_err jerr = name ? tv_from_json(&st.a, jv, &v, 0) : KILN_ERR_NOMEM;
+            if (jerr) {
+                err = jerr == KILN_ERR_LIMIT ? rt_error(&st, 0, KILN_ERR_LIMIT, "context value '%s' is nested too deeply", k)
+                                             : rt_nomem(&st, 0);
                 goto out;
             }
             if (!scope_set(&st, st.root, name, v)) {

@@ -625,48 +625,49 @@ bool tv_to_json(sbuf *b, tval v, const char *indent, const char *item_sep, const
     return json_val(b, v, &o, 0);
 }
 
-bool tv_from_json(arena *a, const json_t *j, tval *out, int depth) {
-    if (depth > 200) return false;
+kiln_err tv_from_json(arena *a, const json_t *j, tval *out, int depth) {
+    kiln_err err;
+    if (depth > 200) return KILN_ERR_LIMIT;
     switch (json_typeof(j)) {
-    case JSON_NULL: *out = tv_none(); return true;
-    case JSON_TRUE: *out = tv_bool(true); return true;
-    case JSON_FALSE: *out = tv_bool(false); return true;
-    case JSON_INTEGER: *out = tv_int((int64_t)json_integer_value(j)); return true;
-    case JSON_REAL: *out = tv_float(json_real_value(j)); return true;
+    case JSON_NULL: *out = tv_none(); return KILN_OK;
+    case JSON_TRUE: *out = tv_bool(true); return KILN_OK;
+    case JSON_FALSE: *out = tv_bool(false); return KILN_OK;
+    case JSON_INTEGER: *out = tv_int((int64_t)json_integer_value(j)); return KILN_OK;
+    case JSON_REAL: *out = tv_float(json_real_value(j)); return KILN_OK;
     case JSON_STRING: {
         size_t n = json_string_length(j);
         char *p = arena_strndup(a, json_string_value(j), n);
-        if (!p) return false;
+        if (!p) return KILN_ERR_NOMEM;
         *out = tv_str(p, n);
-        return true;
+        return KILN_OK;
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(j);
         tlist *l = tl_new(a, n);
-        if (!l) return false;
+        if (!l) return KILN_ERR_NOMEM;
         for (size_t i = 0; i < n; i++)
-            if (!tv_from_json(a, json_array_get(j, i), &l->items[l->n++], depth + 1)) return false;
+            if ((err = tv_from_json(a, json_array_get(j, i), &l->items[l->n++], depth + 1))) return err;
         out->t = TV_LIST;
         out->l = l;
-        return true;
+        return KILN_OK;
     }
     case JSON_OBJECT: {
         tdict *d = td_new(a, json_object_size(j));
-        if (!d) return false;
+        if (!d) return KILN_ERR_NOMEM;
         const char *k;
         size_t klen;
         json_t *v;
         json_object_keylen_foreach((json_t *)j, k, klen, v) {
             char *kp = arena_strndup(a, k, klen);
-            if (!kp) return false;
+            if (!kp) return KILN_ERR_NOMEM;
             d->keys[d->n] = tv_str(kp, klen);
-            if (!tv_from_json(a, v, &d->vals[d->n], depth + 1)) return false;
+            if ((err = tv_from_json(a, v, &d->vals[d->n], depth + 1))) return err;
             d->n++;
         }
         out->t = TV_DICT;
         out->d = d;
-        return true;
+        return KILN_OK;
     }
     }
-    return false;
+    return KILN_ERR_NOMEM;
 }

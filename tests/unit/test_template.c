@@ -237,10 +237,19 @@ static const char *chat_ctx =
  * with KILN_OK or KILN_ERR_NOMEM, never crash or leak (ASan checks the leaks at exit). */
 static void test_alloc_failure(void) {
     static const char *names[] = {"Qwen-Qwen3-0.6B.jinja", "meta-llama-Llama-3.1-8B-Instruct.jinja",
-                                  "google-gemma-4-31B-it-interleaved.jinja"};
-    json_t *ctx = json_loads(chat_ctx, 0, NULL);
-    CHECK(ctx != NULL);
+                                  "google-gemma-4-31B-it-interleaved.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja"};
+    json_t *small = json_loads(chat_ctx, 0, NULL), *big = json_deep_copy(small);
+    CHECK(small != NULL && big != NULL);
+    /* a long conversation, so that failures also land in the context conversion */
+    json_t *msgs = json_object_get(big, "messages");
+    for (int i = 0; i < 300; i++) {
+        json_t *m = json_object();
+        json_object_set_new(m, "role", json_string(i % 2 ? "assistant" : "user"));
+        json_object_set_new(m, "content", json_string("a fairly long message body that fills the arena chunk by chunk"));
+        json_array_append_new(msgs, m);
+    }
     for (size_t k = 0; k < KILN_ARRAY_LEN(names); k++) {
+        json_t *ctx = k == 3 ? big : small;
         size_t len;
         char *src = load_testdata_template(names[k], &len);
         CHECK_MSG(src != NULL, "cannot read %s", names[k]);
@@ -283,7 +292,8 @@ static void test_alloc_failure(void) {
         kiln_free(ref);
         kiln_free(src);
     }
-    json_decref(ctx);
+    json_decref(small);
+    json_decref(big);
 }
 
 /* Deterministic mini-fuzz: random mutations of the real templates (byte flips, deletions,
