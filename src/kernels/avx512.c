@@ -239,22 +239,56 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
 #define PANEL 16
 #define KB 16 /* blocks per panel chunk: 16 rows x 512 bytes of unpacked quants */
 
+static inline __attribute__((always_inline)) void pack_panel_t(kiln_wtype t, const uint8_t *w, size_t row_bytes,
+                                                                int64_t n_out, int64_t o0, int64_t b0, int64_t nbk,
+                                                                uint32_t *pw, float *pd) {
+    const uint8_t *rp[PANEL];
+    int32_t off[PANEL];
+    const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
+    #pragma GCC unroll 16
+    for (int r = 0; r < PANEL; r++) {
+        rp[r] = w + (size_t)KILN_MIN(o0 + r, n_out - 1) * row_bytes;
+        off[r] = (int32_t)(rp[r] - rp[0]);
+    }
+    const __m512i didx = _mm512_loadu_si512(off);
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int64_t j = 0; j < nbk; j++) {
+        int64_t b = b0 + j;
+        /* A[k] = [row k | row k + 8] as 8 dwords each; an 8x8 dword transpose inside each 256-bit
+         * half then leaves dword qd of rows 0..15 in vector qd */
+        __m512i A[8], T[8], U[8];
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            A[k] = _mm512_inserti64x4(_mm512_castsi256_si512(unpack_block(t, rp[k], b)), unpack_block(t, rp[k + 8], b), 1);
+        #pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            T[2 * k] = _mm512_unpacklo_epi32(A[2 * k], A[2 * k + 1]);
+            T[2 * k + 1] = _mm512_unpackhi_epi32(A[2 * k], A[2 * k + 1]);
+        }
+        #pragma GCC unroll 2
+        for (int k = 0; k < 2; k++) {
+            U[4 * k + 0] = _mm512_unpacklo_epi64(T[4 * k], T[4 * k + 2]);
+            U[4 * k + 1] = _mm512_unpackhi_epi64(T[4 * k], T[4 * k + 2]);
+            U[4 * k + 2] = _mm512_unpacklo_epi64(T[4 * k + 1], T[4 * k + 3]);
+            U[4 * k + 3] = _mm512_unpackhi_epi64(T[4 * k + 1], T[4 * k + 3]);
+        }
+        uint32_t *o = pw + j * 8 * PANEL;
+        #pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            _mm512_storeu_si512(o + k * PANEL, _mm512_permutex2var_epi64(U[k], lo, U[k + 4]));
+            _mm512_storeu_si512(o + (k + 4) * PANEL, _mm512_permutex2var_epi64(U[k], hi, U[k + 4]));
+        }
+        __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
+        _mm512_storeu_ps(pd + j * PANEL, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh)));
+    }
+}
+
 /* Panel layout: pw[j][qd][r] = bytes 4qd..4qd+3 of block b0 + j of row o0 + r (u8, biased),
  * pd[j][r] = the row's f32 scale of that block. */
 static void pack_panel(kiln_wtype t, const uint8_t *w, size_t row_bytes, int64_t n_out, int64_t o0, int64_t b0,
                        int64_t nbk, uint32_t *pw, float *pd) {
-    uint32_t tmp[PANEL][8];
-    const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
-    for (int64_t j = 0; j < nbk; j++) {
-        for (int r = 0; r < PANEL; r++) {
-            const uint8_t *row = w + (size_t)KILN_MIN(o0 + r, n_out - 1) * row_bytes;
-            _mm256_storeu_si256((__m256i *)tmp[r], unpack_block(t, row, b0 + j));
-            pd[j * PANEL + r] = f16(block_d(t, row, b0 + j));
-        }
-        for (int qd = 0; qd < 8; qd++)
-            _mm512_storeu_si512(pw + (j * 8 + qd) * PANEL,
-                                _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(qd)), tmp, 4));
-    }
+    if (t == KILN_WTYPE_Q4_0) pack_panel_t(KILN_WTYPE_Q4_0, w, row_bytes, n_out, o0, b0, nbk, pw, pd);
+    else pack_panel_t(KILN_WTYPE_Q8_0, w, row_bytes, n_out, o0, b0, nbk, pw, pd);
 }
 
 /* y rows [c0, c0 + C) x panel columns [o0, o0 + 16) (mask m) += panel chunk . activations. */
