@@ -1035,7 +1035,7 @@ kiln_err bi_test(rstate *st, int line, const char *name, tval v, call_args *ca, 
     else if (!strcmp(name, "string")) *out = v.t == TV_STR;
     else if (!strcmp(name, "mapping")) *out = v.t == TV_DICT;
     else if (!strcmp(name, "iterable")) *out = v.t == TV_STR || v.t == TV_LIST || v.t == TV_DICT || v.t == TV_UNDEF;
-    else if (!strcmp(name, "sequence")) *out = v.t == TV_STR || (v.t == TV_LIST && !v.l->iter_type) || v.t == TV_DICT;
+    else if (!strcmp(name, "sequence")) *out = v.t == TV_STR || (v.t == TV_LIST && !v.l->iter_type) || v.t == TV_DICT || v.t == TV_UNDEF;
     else if (!strcmp(name, "number")) *out = v.t == TV_INT || v.t == TV_FLOAT || v.t == TV_BOOL;
     else if (!strcmp(name, "integer")) *out = v.t == TV_INT;
     else if (!strcmp(name, "float")) *out = v.t == TV_FLOAT;

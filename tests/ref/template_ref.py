@@ -321,6 +321,7 @@ SNIPPETS = [
     "{% set j = joiner(' | ') %}{% for x in l %}{{ j() }}{{ x }}{% endfor %}{% set c = cycler('odd', 'even') %}{% for x in l %}{{ c.next() }}{% endfor %}{{ c.current }}{{ c.reset() }}{{ c.next() }}",
     "{{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 1_000 }} {{ 1_000.5 }} {{ 2e3 }} {{ 1E-2 }} {{ 10 ** 18 }} {{ 2 ** 62 }} {{ -9223372036854775807 - 1 }}",
     "{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x) %}[{{ x }}]{% endif %}{% endfor %}{% for m in msgs %}{{ loop.changed(m.role) }}{% endfor %}",
+    "{{ nope is sequence }}{{ nope is iterable }}{{ nope is mapping }}{{ nope is string }}{{ nope is number }}{{ nope is callable }}{{ nope is none }}{{ (l | select) is sequence }}{{ (l | select) is iterable }}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
