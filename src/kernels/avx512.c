@@ -134,27 +134,28 @@ static inline __attribute__((always_inline)) __m512i act_pair(kiln_wtype t, cons
     return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), a);
 }
 
-/* s[i] holds row i's products for blocks b (dwords of 128-bit lanes 0 and 2 for Q4_0, lanes 0
- * and 1 for Q8_0) and b + 1; returns row sums: *vb for block b, *vb1 for b + 1 (lane = row). */
-static inline __attribute__((always_inline)) void hsum_pair(kiln_wtype t, const __m512i s[8], __m256i *vb,
-                                                            __m256i *vb1) {
-    __m256i f[8];
-    #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        if (t == KILN_WTYPE_Q4_0) /* [b, b+1, b, b+1] -> [b, b+1] */
-            f[i] = _mm256_add_epi32(_mm512_castsi512_si256(s[i]), _mm512_extracti64x4_epi64(s[i], 1));
-        else { /* [b, b, b+1, b+1] -> [b, b+1] */
-            __m512i even = _mm512_shuffle_i64x2(s[i], s[i], _MM_SHUFFLE(0, 0, 2, 0));
-            __m512i odd = _mm512_shuffle_i64x2(s[i], s[i], _MM_SHUFFLE(0, 0, 3, 1));
-            f[i] = _mm256_add_epi32(_mm512_castsi512_si256(even), _mm512_castsi512_si256(odd));
-        }
+/* s[i] holds row i's products for blocks b and b + 1 (128-bit lanes [b, b+1, b, b+1] for Q4_0,
+ * [b, b, b+1, b+1] for Q8_0); returns the row sums, lanes 0-7 = rows 0-7 of block b, lanes 8-15 =
+ * rows 0-7 of block b + 1. */
+static inline __attribute__((always_inline)) __m512i hsum_pair(kiln_wtype t, const __m512i s[8]) {
+    __m512i p[4], q[2];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of rows 2i, 2i+1 */
+        p[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * i], s[2 * i + 1]), _mm512_unpackhi_epi32(s[2 * i], s[2 * i + 1]));
+    #pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) /* per 128-bit lane: the lane's sums of rows 4i .. 4i+3 */
+        q[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm512_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
+    __m512i x, y;
+    if (t == KILN_WTYPE_Q4_0) {
+        x = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0));
+        y = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2));
+    } else {
+        x = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0));
+        y = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1));
     }
-    __m256i h0 = _mm256_hadd_epi32(f[0], f[1]), h1 = _mm256_hadd_epi32(f[2], f[3]);
-    __m256i h2 = _mm256_hadd_epi32(f[4], f[5]), h3 = _mm256_hadd_epi32(f[6], f[7]);
-    __m256i u0 = _mm256_hadd_epi32(h0, h1), u1 = _mm256_hadd_epi32(h2, h3);
-    /* u0: lane 0 = rows 0-3 of b, lane 1 = rows 0-3 of b + 1; u1 the same for rows 4-7 */
-    *vb = _mm256_permute2x128_si256(u0, u1, 0x20);
-    *vb1 = _mm256_permute2x128_si256(u0, u1, 0x31);
+    /* x + y = [rows 0-3 of b, rows 0-3 of b+1, rows 4-7 of b, rows 4-7 of b+1] */
+    __m512i r = _mm512_add_epi32(x, y);
+    return _mm512_shuffle_i64x2(r, r, _MM_SHUFFLE(3, 1, 2, 0));
 }
 
 /* One block's step for activation row r: acc += float(sum + corr) * (d_w * d_x). */
@@ -196,7 +197,6 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
         }
         __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
         __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
-        __m256 dw0 = _mm512_castps512_ps256(dw), dw1 = _mm512_extractf32x8_ps(dw, 1);
         #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
             int64_t r = c0 + c;
@@ -204,10 +204,16 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
             __m512i sv[8];
             #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
-            __m256i vb, vb1;
-            hsum_pair(t, sv, &vb, &vb1);
-            acc[c] = gemv_step(acc[c], vb, a, r, b, dw0);
-            acc[c] = gemv_step(acc[c], vb1, a, r, b + 1, dw1);
+            __m512i v = hsum_pair(t, sv);
+            /* lanes 0-7 block b, 8-15 block b + 1: corrections and scales the same way */
+            const int32_t *cr = a->corr + r * a->nb + b;
+            const float *dr = a->d + r * a->nb + b;
+            v = _mm512_add_epi32(v, _mm512_inserti64x4(_mm512_set1_epi32(cr[0]), _mm256_set1_epi32(cr[1]), 1));
+            __m512 sc = _mm512_mul_ps(dw, _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1));
+            __m512 fv = _mm512_cvtepi32_ps(v);
+            /* blocks in order: b, then b + 1 */
+            acc[c] = _mm256_fmadd_ps(_mm512_castps512_ps256(fv), _mm512_castps512_ps256(sc), acc[c]);
+            acc[c] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(fv, 1), _mm512_extractf32x8_ps(sc, 1), acc[c]);
         }
     }
     if (b < a->nb) { /* odd block count: the last block alone */
