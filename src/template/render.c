@@ -1094,6 +1094,7 @@ static kiln_err run_for(rstate *st, scope *sc, const node *n, tval iter, int dep
     lp->depth = depth;
     lp->for_node = n;
     lp->scope = sc;
+    bool else_pending = true;
     for (size_t i = 0; i < items->n; i++) {
         if ((err = count_iter(st, n->line))) return err;
         lp->i = i;
@@ -1104,12 +1105,16 @@ static kiln_err run_for(rstate *st, scope *sc, const node *n, tval iter, int dep
         if (!scope_set(st, is, "loop", lv)) return rt_nomem(st, n->line);
         if ((err = assign(st, is, n->a, items->items[i]))) return err;
         if ((err = exec_body(st, is, n->c))) return err;
+        /* jinja2 clears its "no iteration" flag at the end of the body, so a body left by
+         * break or continue does not count: `else` still runs if none completed */
+        if (st->ctl == CTL_NONE) else_pending = false;
         if (st->ctl == CTL_BREAK) {
             st->ctl = CTL_NONE;
             break;
         }
         st->ctl = CTL_NONE;
     }
+    if (else_pending && n->d) return exec_body(st, sc, n->d);
     return KILN_OK;
 }
 

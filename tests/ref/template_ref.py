@@ -322,6 +322,7 @@ SNIPPETS = [
     "{{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 1_000 }} {{ 1_000.5 }} {{ 2e3 }} {{ 1E-2 }} {{ 10 ** 18 }} {{ 2 ** 62 }} {{ -9223372036854775807 - 1 }}",
     "{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x) %}[{{ x }}]{% endif %}{% endfor %}{% for m in msgs %}{{ loop.changed(m.role) }}{% endfor %}",
     "{{ nope is sequence }}{{ nope is iterable }}{{ nope is mapping }}{{ nope is string }}{{ nope is number }}{{ nope is callable }}{{ nope is none }}{{ (l | select) is sequence }}{{ (l | select) is iterable }}",
+    "{% for x in l %}{% break %}{% else %}E1{% endfor %}|{% for x in l %}{% continue %}{% else %}E2{% endfor %}|{% for x in l %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% else %}E3{% endfor %}|{% for x in l %}{% if x == 3 %}{% continue %}{% endif %}{{ x }}{% else %}E4{% endfor %}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
