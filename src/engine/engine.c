@@ -145,6 +145,23 @@ struct kiln_engine {
     kiln_buf piece;                /* detokenizer output of one token */
     kiln_buf text;                 /* text of one delta */
     ev_list step_events;           /* events of the current step, published at its end */
+    /* Prefix cache: full prompt blocks by content, indexed by block id. A cached block holds one
+     * reference of the cache; with refcount 1 (only that) it is evictable, leaves first (a
+     * sequence holding a block holds its whole prefix chain, so in-use blocks have in-use
+     * parents). Identity = the block's tokens + its parent block, verified on lookup. */
+    bool pc_on;
+    bool *pc_cached;               /* (n_blocks,) */
+    uint64_t *pc_hash;             /* (n_blocks,) chain hash of tokens 0 .. end of block */
+    int32_t *pc_parent;            /* (n_blocks,) parent block id, -1 for a first block */
+    int32_t *pc_children;          /* (n_blocks,) cached blocks whose parent this is */
+    int32_t *pc_next;              /* (n_blocks,) bucket chain */
+    uint64_t *pc_used;             /* (n_blocks,) LRU clock */
+    int32_t *pc_tokens;            /* (n_blocks, block_size) */
+    int32_t *pc_buckets;           /* (pc_mask + 1,) head block of each chain, -1 */
+    uint32_t pc_mask;
+    uint64_t pc_clock;
+    int32_t n_cached;
+    int32_t n_evictable;           /* cached blocks with refcount 1 */
     bool any_terminal;             /* a request ends at the end of this step */
     kiln_engine_stats acc;         /* counters accumulated by the engine thread */
 };
@@ -159,6 +176,7 @@ void kiln_engine_opts_default(kiln_engine_opts *o) {
     o->max_model_len = 0;
     o->max_queued_requests = 1024;
     o->max_num_batched_tokens = 2048;
+    o->enable_prefix_caching = true;
 }
 
 void kiln_request_init(kiln_request *r) {
@@ -218,10 +236,124 @@ static void ev_list_free(ev_list *l) {
     l->head = l->tail = NULL;
 }
 
+/* Every reference the engine takes or drops goes through these two, which keep n_evictable. */
+static void blk_ref(kiln_engine *e, int32_t b) {
+    kiln_kv_ref_block(e->kv, b);
+    if (e->pc_on && e->pc_cached[b] && kiln_kv_refcount(e->kv, b) == 2) e->n_evictable--;
+}
+
+static void blk_unref(kiln_engine *e, int32_t b) {
+    kiln_kv_unref_block(e->kv, b);
+    if (e->pc_on && e->pc_cached[b] && kiln_kv_refcount(e->kv, b) == 1) e->n_evictable++;
+}
+
 static void release_blocks(kiln_engine *e, seq *s) {
-    for (int32_t i = 0; i < s->n_blocks; i++) kiln_kv_unref_block(e->kv, s->blocks[i]);
+    for (int32_t i = 0; i < s->n_blocks; i++) blk_unref(e, s->blocks[i]);
     s->n_blocks = 0;
     s->n_computed = 0;
+}
+
+/* ---- prefix cache (engine thread) ---- */
+
+static uint64_t pc_hash_block(uint64_t h, const int32_t *toks, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        h ^= (uint32_t)toks[i];
+        h *= 0x100000001b3ull; /* FNV-1a over 32-bit values */
+    }
+    return h ^ (h >> 29);
+}
+
+/* The cached block with chain hash h, parent `parent` and these tokens, or -1. */
+static int32_t pc_lookup(const kiln_engine *e, uint64_t h, int32_t parent, const int32_t *toks) {
+    for (int32_t b = e->pc_buckets[h & e->pc_mask]; b >= 0; b = e->pc_next[b])
+        if (e->pc_hash[b] == h && e->pc_parent[b] == parent &&
+            memcmp(e->pc_tokens + (size_t)b * (size_t)e->block_size, toks,
+                   (size_t)e->block_size * sizeof(int32_t)) == 0)
+            return b;
+    return -1;
+}
+
+static void pc_insert(kiln_engine *e, int32_t b, uint64_t h, int32_t parent, const int32_t *toks) {
+    KILN_ASSERT(!e->pc_cached[b] && kiln_kv_refcount(e->kv, b) >= 1);
+    kiln_kv_ref_block(e->kv, b); /* the cache's reference; b is in use, so not evictable */
+    e->pc_cached[b] = true;
+    e->pc_hash[b] = h;
+    e->pc_parent[b] = parent;
+    e->pc_children[b] = 0;
+    e->pc_used[b] = ++e->pc_clock;
+    memcpy(e->pc_tokens + (size_t)b * (size_t)e->block_size, toks,
+           (size_t)e->block_size * sizeof(int32_t));
+    e->pc_next[b] = e->pc_buckets[h & e->pc_mask];
+    e->pc_buckets[h & e->pc_mask] = b;
+    if (parent >= 0) e->pc_children[parent]++;
+    e->n_cached++;
+}
+
+/* Drops the least recently used evictable leaf from the cache (its block becomes free).
+ * False when nothing is evictable. O(n_blocks): only runs when the pool is empty. */
+static bool pc_evict_one(kiln_engine *e) {
+    if (!e->pc_on || e->n_evictable == 0) return false;
+    int32_t n = kiln_kv_n_blocks(e->kv), victim = -1;
+    for (int32_t b = 0; b < n; b++)
+        if (e->pc_cached[b] && e->pc_children[b] == 0 && kiln_kv_refcount(e->kv, b) == 1 &&
+            (victim < 0 || e->pc_used[b] < e->pc_used[victim]))
+            victim = b;
+    if (victim < 0) { /* cannot happen while the chain invariant holds */
+        KILN_WARN("engine: %d evictable cached blocks but no evictable leaf", (int)e->n_evictable);
+        return false;
+    }
+    int32_t *link = &e->pc_buckets[e->pc_hash[victim] & e->pc_mask];
+    while (*link != victim) link = &e->pc_next[*link];
+    *link = e->pc_next[victim];
+    if (e->pc_parent[victim] >= 0) e->pc_children[e->pc_parent[victim]]--;
+    e->pc_cached[victim] = false;
+    e->n_cached--;
+    e->n_evictable--;
+    kiln_kv_unref_block(e->kv, victim); /* refcount 0: free */
+    return true;
+}
+
+/* A fresh sequence (no blocks) takes the cached blocks that hold its first tokens, leaving at
+ * least its last known token to compute. Returns the tokens reused. */
+static int32_t pc_match(kiln_engine *e, seq *s) {
+    if (!e->pc_on) return 0;
+    KILN_ASSERT(s->n_blocks == 0 && s->n_computed == 0);
+    const int32_t bs = e->block_size;
+    int32_t n_full = (s->n_tokens - 1) / bs, parent = -1;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int32_t i = 0; i < n_full; i++) {
+        h = pc_hash_block(h, s->tokens + (size_t)i * bs, bs);
+        int32_t b = pc_lookup(e, h, parent, s->tokens + (size_t)i * bs);
+        if (b < 0) break;
+        blk_ref(e, b);
+        e->pc_used[b] = ++e->pc_clock;
+        s->blocks[s->n_blocks++] = b;
+        parent = b;
+    }
+    s->n_computed = s->n_blocks * bs;
+    return s->n_computed;
+}
+
+/* s has computed its whole prompt: its full prompt blocks enter the cache (blocks whose content
+ * is cached already, possibly in another block, are skipped). */
+static void pc_register(kiln_engine *e, seq *s) {
+    const int32_t bs = e->block_size;
+    int32_t n_full = s->req->n_prompt / bs, parent = -1;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int32_t i = 0; i < n_full && i < s->n_blocks; i++) {
+        const int32_t *toks = s->tokens + (size_t)i * bs;
+        h = pc_hash_block(h, toks, bs);
+        int32_t b = pc_lookup(e, h, parent, toks);
+        /* Equal content in another block: stop, so that every cached block's parent is a block
+         * its holders hold too (what makes unused blocks evictable leaves first). */
+        if (b >= 0 && b != s->blocks[i]) break;
+        if (b < 0) {
+            b = s->blocks[i];
+            if (e->pc_cached[b]) break; /* cannot happen: cached content would have been found */
+            pc_insert(e, b, h, parent, toks);
+        }
+        parent = b;
+    }
 }
 
 /* Frees a request and its choices. The engine thread (or free/submit when it cannot race):
@@ -650,7 +782,10 @@ static void grow_blocks(kiln_engine *e, seq *s, int32_t n_pos) {
     KILN_ASSERT(need <= e->max_blocks_per_seq);
     while (s->n_blocks < need) {
         int32_t b;
-        if (kiln_kv_alloc_block(e->kv, &b) != KILN_OK) break;
+        if (kiln_kv_alloc_block(e->kv, &b) != KILN_OK) {
+            if (pc_evict_one(e)) continue;
+            break;
+        }
         s->blocks[s->n_blocks++] = b;
     }
     kiln_err_clear();
@@ -824,7 +959,7 @@ static void fork_choices(kiln_engine *e, ereq *q, seq *leader) {
             continue;
         }
         for (int32_t b = 0; b < n_share; b++) {
-            kiln_kv_ref_block(e->kv, leader->blocks[b]);
+            blk_ref(e, leader->blocks[b]);
             f->blocks[b] = leader->blocks[b];
         }
         f->n_blocks = n_share;
@@ -885,18 +1020,24 @@ static int32_t step(kiln_engine *e) {
     while (e->waiting.head && e->running.n < e->opts.max_num_seqs && used < budget) {
         seq *s = e->waiting.head;
         KILN_ASSERT(s->n_computed == 0 && s->n_blocks == 0);
-        int32_t need = s->n_tokens;
-        int32_t need_blocks = (need + bs - 1) / bs;
-        if (need_blocks > kiln_kv_n_free(e->kv)) break;
-        int32_t chunk = KILN_MIN(need, budget - used);
         s->lp_rows = s->req->lp_pending && s->n_gen == 0;
-        if (s->lp_rows) {
-            chunk = KILN_MIN(chunk, lp_rows_left);
-            if (chunk == 0) break;
-            lp_rows_left -= chunk;
+        /* Prompt logprobs need every prompt row computed: no cache hits then. */
+        int32_t n_hit = s->lp_rows ? 0 : pc_match(e, s);
+        int32_t need = s->n_tokens - s->n_computed;
+        int32_t need_blocks = (s->n_tokens + bs - 1) / bs - s->n_blocks;
+        int32_t chunk = KILN_MIN(need, budget - used);
+        if (s->lp_rows) chunk = KILN_MIN(chunk, lp_rows_left);
+        if (need_blocks > kiln_kv_n_free(e->kv) + e->n_evictable || chunk == 0) {
+            release_blocks(e, s); /* give the hits back; it stays first in line */
+            break;
         }
-        grow_blocks(e, s, chunk);
-        KILN_ASSERT(s->n_blocks * bs >= chunk);
+        if (s->lp_rows) lp_rows_left -= chunk;
+        e->acc.n_prefix_cache_hit_tokens += (uint64_t)n_hit;
+        grow_blocks(e, s, s->n_computed + chunk);
+        if (s->n_blocks * bs < s->n_computed + chunk) { /* only if the counts were off */
+            release_blocks(e, s);
+            break;
+        }
         list_remove(&e->waiting, s);
         list_push_back(&e->running, s);
         s->state = SEQ_RUNNING;
@@ -963,8 +1104,10 @@ static int32_t step(kiln_engine *e) {
                              q->lp_top ? q->lp_top + (size_t)(p + 1) * (size_t)k : NULL);
             }
         }
+        int32_t before = s->n_computed;
         s->n_computed += s->n_sched;
         s->n_sched = 0;
+        if (e->pc_on && before < q->n_prompt && s->n_computed >= q->n_prompt) pc_register(e, s);
         if (s->index == 0 && q->n > 1 && s->n_gen == 0 && s->n_computed == q->n_prompt)
             fork_choices(e, q, s);
     }
@@ -994,7 +1137,8 @@ static void publish(kiln_engine *e) {
     for (ereq *q = e->inbox_head; q; q = q->inext) st->n_waiting += q->n;
     st->n_requests_active = e->n_active;
     st->n_kv_blocks_total = kiln_kv_n_blocks(e->kv);
-    st->n_kv_blocks_free = kiln_kv_n_free(e->kv);
+    st->n_kv_blocks_free = kiln_kv_n_free(e->kv) + e->n_evictable;
+    st->n_kv_blocks_cached = e->n_cached;
     e->n_waiting_reqs_shared = e->n_waiting_reqs;
     if (any) pthread_cond_broadcast(&e->ev_cond);
     pthread_mutex_unlock(&e->mu);
@@ -1134,6 +1278,25 @@ kiln_err kiln_engine_new(kiln_model *model, const kiln_vocab *vocab, const kiln_
     e->opts = o;
 
     if ((err = kiln_sample_scratch_new(e->n_vocab, &e->scratch)) != KILN_OK) goto out_free;
+    if (o.enable_prefix_caching) {
+        size_t nb = (size_t)kiln_kv_n_blocks(e->kv), n_buckets = 1, n_tok;
+        while (n_buckets < 2 * nb) n_buckets *= 2;
+        if (!kiln_mul_size(nb, (size_t)e->block_size, &n_tok)) goto out_nomem;
+        e->pc_cached = kiln_calloc(nb, sizeof(bool));
+        e->pc_hash = kiln_calloc(nb, sizeof(uint64_t));
+        e->pc_parent = kiln_calloc(nb, sizeof(int32_t));
+        e->pc_children = kiln_calloc(nb, sizeof(int32_t));
+        e->pc_next = kiln_calloc(nb, sizeof(int32_t));
+        e->pc_used = kiln_calloc(nb, sizeof(uint64_t));
+        e->pc_tokens = kiln_calloc(n_tok, sizeof(int32_t));
+        e->pc_buckets = kiln_malloc(n_buckets * sizeof(int32_t));
+        if (!e->pc_cached || !e->pc_hash || !e->pc_parent || !e->pc_children || !e->pc_next ||
+            !e->pc_used || !e->pc_tokens || !e->pc_buckets)
+            goto out_nomem;
+        for (size_t i = 0; i < n_buckets; i++) e->pc_buckets[i] = -1;
+        e->pc_mask = (uint32_t)(n_buckets - 1);
+        e->pc_on = true;
+    }
     e->rows = kiln_calloc((size_t)o.max_num_batched_tokens, sizeof(*e->rows));
     e->bseqs = kiln_calloc((size_t)o.max_num_seqs, sizeof(*e->bseqs));
     e->sched = kiln_calloc((size_t)o.max_num_seqs, sizeof(*e->sched));
@@ -1200,6 +1363,14 @@ void kiln_engine_free(kiln_engine *e) {
     kiln_free(e->bseqs);
     kiln_free(e->sched);
     kiln_free(e->eog);
+    kiln_free(e->pc_cached);
+    kiln_free(e->pc_hash);
+    kiln_free(e->pc_parent);
+    kiln_free(e->pc_children);
+    kiln_free(e->pc_next);
+    kiln_free(e->pc_used);
+    kiln_free(e->pc_tokens);
+    kiln_free(e->pc_buckets);
     kiln_buf_deinit(&e->piece);
     kiln_buf_deinit(&e->text);
     pthread_cond_destroy(&e->work_cond);

@@ -28,6 +28,10 @@ typedef struct kiln_engine_opts {
     int32_t max_queued_requests;    /* accepted requests not yet running; default 1024 */
     int32_t max_num_batched_tokens; /* rows per forward step; default 2048, raised to
                                      * max_num_seqs if smaller */
+    bool enable_prefix_caching;     /* reuse the KV blocks of earlier prompts with the same
+                                     * leading tokens (vLLM's automatic prefix caching); default
+                                     * true. Cached blocks nobody uses are evicted on demand and
+                                     * count as free in the stats. */
 } kiln_engine_opts;
 
 /* Fills o with the defaults above. */
@@ -172,11 +176,13 @@ typedef struct kiln_engine_stats {
     int32_t n_waiting;              /* sequences queued or preempted, plus requests in the inbox */
     int32_t n_requests_active;      /* accepted requests without a terminal event yet */
     int32_t n_kv_blocks_total;
-    int32_t n_kv_blocks_free;
+    int32_t n_kv_blocks_free;       /* free, or only held by the prefix cache (evictable) */
+    int32_t n_kv_blocks_cached;     /* blocks in the prefix cache (in use or not) */
     int32_t max_seqs_in_step;       /* most sequences in one forward pass so far */
     uint64_t n_steps;               /* forward passes */
     uint64_t n_rows_forwarded;      /* batch rows over all steps */
     uint64_t n_prompt_tokens;       /* prompt rows forwarded (recomputation included) */
+    uint64_t n_prefix_cache_hit_tokens; /* prompt tokens whose KV came from the prefix cache */
     uint64_t n_generated_tokens;    /* tokens sampled */
     uint64_t n_preemptions;         /* sequences evicted to free KV blocks */
     uint64_t n_requests_submitted;

@@ -1079,6 +1079,92 @@ static void random_mix_stress(void) {
     }
 }
 
+/* Runs one greedy request on e and checks it against the reference; returns the stats after. */
+static kiln_engine_stats run_greedy_on(kiln_engine *e, const int32_t *prompt, int32_t n_prompt,
+                                       int32_t max_tokens, const char *what) {
+    ref_out *ref = calloc(1, sizeof(*ref));
+    kiln_engine_stats st;
+    memset(&st, 0, sizeof(st));
+    req_out *o = outs_new(1);
+    kiln_request r;
+    greedy_request(&r, prompt, n_prompt, max_tokens);
+    submit_ok(e, &r, o);
+    collect(e, o, 1);
+    kiln_engine_stats_get(e, &st);
+    /* The reference runs after: the engine is idle, the model free for this thread. */
+    ref_greedy(prompt, n_prompt, max_tokens, -1, 0, -1, ref);
+    CHECK_EQ_INT(o->term, KILN_EVENT_DONE);
+    check_matches_ref(&o->ch[0], ref, what);
+    outs_free(o, 1);
+    free(ref);
+    return st;
+}
+
+/* Prefix caching: a repeated prompt reuses its full blocks (all but the last token's block is
+ * skipped), a prompt sharing two blocks reuses exactly those, outputs stay exact; a small pool
+ * evicts cached blocks on demand; with caching off nothing is reused. */
+static void prefix_cache_reuse(void) {
+    const char *text = "Once upon a time, there was a little girl named Lily. She loved to play "
+                       "outside in the park with her friends and her big brown dog";
+    int32_t *p;
+    int32_t n = encode(text, &p);
+    CHECK(n > 34);
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.kv_cache_bytes = 4 << 20;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    kiln_engine_stats s0 = run_greedy_on(e, p, n, 20, "first");
+    CHECK_EQ_INT(s0.n_prefix_cache_hit_tokens, 0);
+    CHECK_EQ_INT(s0.n_kv_blocks_cached, n / 16);
+    CHECK_EQ_INT(s0.n_kv_blocks_free, s0.n_kv_blocks_total); /* cached, unused: evictable */
+    kiln_engine_stats s1 = run_greedy_on(e, p, n, 20, "repeat");
+    int32_t hit = (n - 1) / 16 * 16;
+    CHECK_EQ_INT(s1.n_prefix_cache_hit_tokens, hit);
+    CHECK_EQ_INT(s1.n_prompt_tokens - s0.n_prompt_tokens, n - hit);
+    /* Same first 32 tokens, another ending. */
+    int32_t q[40];
+    memcpy(q, p, 32 * sizeof(int32_t));
+    for (int i = 32; i < 40; i++) q[i] = 300 + i;
+    kiln_engine_stats s2 = run_greedy_on(e, q, 40, 15, "shared prefix");
+    CHECK_EQ_INT(s2.n_prefix_cache_hit_tokens - s1.n_prefix_cache_hit_tokens, 32);
+    check_idle(e);
+    kiln_engine_free(e);
+
+    /* 6 blocks of 16: every new prompt must evict the previous ones' blocks. */
+    kiln_kv *probe = NULL;
+    CHECK(kiln_kv_new(g_model, 1 << 20, 16, &probe) == KILN_OK);
+    if (!probe) return;
+    size_t per_block = kiln_kv_bytes_per_block(probe);
+    kiln_kv_free(probe);
+    opts.kv_cache_bytes = per_block * 6;
+    e = engine_new(&opts);
+    if (!e) return;
+    int32_t buf[60];
+    for (int k = 0; k < 4; k++) {
+        buf[0] = 1;
+        for (int i = 1; i < 60; i++) buf[i] = 260 + (i * 7 + k * 13) % 200;
+        run_greedy_on(e, buf, 60, 20, "evicting");
+    }
+    kiln_engine_stats st = run_greedy_on(e, buf, 60, 20, "evicting repeat");
+    CHECK_EQ_INT(st.n_prefix_cache_hit_tokens, 48);
+    CHECK(st.n_kv_blocks_cached <= 6);
+    check_idle(e);
+    kiln_engine_free(e);
+
+    opts.kv_cache_bytes = 4 << 20;
+    opts.enable_prefix_caching = false;
+    e = engine_new(&opts);
+    if (!e) return;
+    run_greedy_on(e, p, n, 5, "off");
+    st = run_greedy_on(e, p, n, 5, "off repeat");
+    CHECK_EQ_INT(st.n_prefix_cache_hit_tokens, 0);
+    CHECK_EQ_INT(st.n_kv_blocks_cached, 0);
+    CHECK_EQ_INT(st.n_prompt_tokens, 2 * n);
+    kiln_engine_free(e);
+    kiln_free(p);
+}
+
 /* The notify callback runs after events are pushed. */
 static pthread_mutex_t g_notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_notified;
@@ -1247,6 +1333,7 @@ int main(void) {
     RUN(logprobs_match_reference);
     RUN(chunked_prefill_and_prompt_logprobs);
     RUN(random_mix_stress);
+    RUN(prefix_cache_reuse);
     RUN(notify_and_free_in_flight);
     RUN(submit_allocation_failures);
     RUN(engine_allocation_failure);
