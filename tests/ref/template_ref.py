@@ -404,6 +404,67 @@ def gguf_chat_template(path):
     raise KeyError(path + ": no tokenizer.chat_template")
 
 
+STATEMENT_CONTEXT = {
+    "msgs": [{"role": "system", "content": " sys "}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"function": {"name": "f", "arguments": {"a": 1, "b": [1, 2]}}},
+                 {"function": {"name": "g", "arguments": "{}"}}]},
+             {"role": "tool", "content": "res"},
+             {"role": "assistant", "content": "ok", "reasoning_content": "think"}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}],
+    "flag": True, "nothing": None,
+}
+
+
+def statement_templates(seed, n):
+    """Random chat-template-like programs over STATEMENT_CONTEXT: a loop over messages (with loop
+    filters and else), nested if/elif/else, namespace counters and lists, loop-local sets,
+    break/continue, nested loops over tool calls and dict items, macro calls with defaults."""
+    rng = random.Random(seed)
+    exprs = ["m.role", "m.content", "m.content | trim", "loop.index", "loop.first", "loop.last",
+             "ns.c", "x", "m.tool_calls | length", "m.tool_calls is defined", "(m.content or '') ~ '!'",
+             "loop.previtem.role if loop.previtem is defined else 'none'",
+             "m.reasoning_content | default('-')", "ns.items", "tools | tojson", "m | tojson",
+             "loop.revindex", "m.get('content')", "m['role'] == 'user'", "ns.c * 2", "msgs | length",
+             "(ns.items | join(','))", "m.content is string", "m.keys() | list"]
+    conds = ["m.role == 'user'", "m.role == 'assistant'", "loop.first", "loop.last", "m.content",
+             "m.tool_calls is defined", "ns.c > 1", "flag", "nothing", "not m.content",
+             "m.role in ['system', 'tool']", "loop.index is even", "x is defined"]
+
+    def stmt(d):
+        r = rng.random()
+        if d > 3 or r < 0.35:
+            return "{{ " + rng.choice(exprs) + " }}" + rng.choice(["", "\n", " | "])
+        if r < 0.5:
+            return ("{%- if " + rng.choice(conds) + " %}" + block(d) +
+                    ("{%- elif " + rng.choice(conds) + " %}" + block(d) if rng.random() < 0.3 else "") +
+                    ("{%- else %}" + block(d) if rng.random() < 0.4 else "") + "{%- endif %}")
+        if r < 0.6:
+            return "{%- set ns.c = ns.c + 1 %}"
+        if r < 0.65:
+            return "{%- set ns.items = ns.items + [" + rng.choice(["m.role", "loop.index", "'z'"]) + "] %}"
+        if r < 0.72:
+            return "{%- set x = " + rng.choice(exprs) + " %}"
+        if r < 0.77:
+            return "{%- if " + rng.choice(conds) + " %}{% " + rng.choice(["break", "continue"]) + " %}{% endif %}"
+        if r < 0.85:
+            return ("{%- for tc in (m.tool_calls or []) %}{{ tc.function.name }}({{ tc.function.arguments"
+                    " | tojson }}){{ loop.index }}{% if not loop.last %},{% endif %}{% endfor %}")
+        if r < 0.9:
+            return "{{ show(m" + rng.choice(["", ", 'p'", ", sep='/'"]) + ") }}"
+        return "{%- for k, v in m.items() %}{{ k }}={{ v }};{% endfor %}"
+
+    def block(d):
+        return "".join(stmt(d + 1) for _ in range(rng.randint(1, 3)))
+
+    head = ("{%- macro show(m, pre='>', sep=':') %}{{ pre }}{{ m.role }}{{ sep }}{{ m.content }}"
+            "{% endmacro %}{%- set ns = namespace(c=0, items=[]) %}")
+    return [head + "{%- for m in msgs" + rng.choice(["", " if m.role != 'tool'", " if m.content"]) +
+            " %}" + block(0) + "{%- else %}empty{% endfor %}{{ ns.c }}{{ ns.items }}{{ x }}"
+            for _ in range(n)]
+
+
 def error_message(e):
     msg = getattr(e, "message", None)
     if msg is None:
@@ -424,12 +485,16 @@ def main():
     os.makedirs(sexp, exist_ok=True)
     with open(os.path.join(out, "contexts", "snippet.json"), "w", encoding="utf-8") as f:
         json.dump(SNIPPET_CONTEXT, f, ensure_ascii=False)
+    with open(os.path.join(out, "contexts", "statement.json"), "w", encoding="utf-8") as f:
+        json.dump(STATEMENT_CONTEXT, f, ensure_ascii=False)
     generated = [("w%03d" % i, src) for i, src in enumerate(whitespace_templates(2024, 250))]
+    generated += [("p%03d" % i, src) for i, src in enumerate(statement_templates(7, 150))]
     for name, src in [("s%03d" % i, src) for i, src in enumerate(SNIPPETS)] + generated:
+        ctx = STATEMENT_CONTEXT if name.startswith("p") else SNIPPET_CONTEXT
         with open(os.path.join(sdir, name + ".jinja"), "w", encoding="utf-8", newline="") as f:
             f.write(src)
         try:
-            text, ext = env.from_string(src).render(**SNIPPET_CONTEXT), ".out"
+            text, ext = env.from_string(src).render(**ctx), ".out"
         except Exception as e:
             text, ext = error_message(e), ".err"
         with open(os.path.join(sexp, name + ext), "w", encoding="utf-8", newline="") as f:

@@ -94,14 +94,16 @@ for tdir in "$tmp"/expected/*/; do
     pass=$((pass + ok))
     printf '%-52s %3d/%d\n' "$t" "$ok" "$tn"
 done
-# behaviour snippets (tests/ref/template_ref.py SNIPPETS) on one context
+# behaviour snippets (tests/ref/template_ref.py SNIPPETS, whitespace and statement programs)
 ok=0
 tn=0
 for exp in "$tmp"/expected_snippets/*; do
     c=$(basename "$exp")
     c=${c%.*}
     tn=$((tn + 1))
-    check "snippet/$c" "$exp" "--template $tmp/snippets/$c.jinja" "$tmp/contexts/snippet.json"
+    ctx=snippet
+    [[ $c == p* ]] && ctx=statement
+    check "snippet/$c" "$exp" "--template $tmp/snippets/$c.jinja" "$tmp/contexts/$ctx.json"
 done
 pass=$((pass + ok))
 printf '%-52s %3d/%d\n' "snippets" "$ok" "$tn"
