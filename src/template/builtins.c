@@ -433,7 +433,6 @@ static kiln_err str_pred(rstate *st, tval s, int id, tval *out) {
             break;
         }
     }
-    (void)st;
     if (id == M_ISLOWER || id == M_ISUPPER) *out = tv_bool(any_cased && ok_case);
     else *out = tv_bool(all);
     return KILN_OK;
@@ -505,7 +504,6 @@ static kiln_err format_field(rstate *st, int line, sbuf *b, tval v, char conv, c
     }
     if (k < spec_n) type = spec[k++];
     if (k < spec_n) return rt_error(st, line, KILN_ERR_INVALID, "Invalid format specifier");
-    (void)alt;
     sbuf body;
     sb_init(&body, A(st), rs_max_output(st));
     bool numeric = false;
@@ -891,12 +889,10 @@ kiln_err bi_call_func(rstate *st, int line, tfunc *fn, call_args *ca, tval *out)
             for (size_t i = 0; i < ca->n_pos; i++) a[i] = ca->pos[i].t == TV_INT ? ca->pos[i].i : ca->pos[i].b;
         }
         if (a[2] == 0) return rt_error(st, line, KILN_ERR_INVALID, "range() arg 3 must not be zero");
-        /* bounded count: never materialize more than the iteration limit */
+        /* range() is materialized: refuse more than 10M items (a loop over it would pass the
+         * iteration limit anyway) */
         double cnt = a[2] > 0 ? ceil(((double)a[1] - (double)a[0]) / (double)a[2]) : ceil(((double)a[0] - (double)a[1]) / (double)-a[2]);
         if (cnt < 0) cnt = 0;
-        kiln_template_limits lim;
-        kiln_template_limits_default(&lim);
-        (void)lim;
         if (cnt > 1e7) return rt_error(st, line, KILN_ERR_LIMIT, "range too large (%.0f items)", cnt);
         tlist *l = tl_new(A(st), (size_t)cnt);
         if (!l) return rt_nomem(st, line);
