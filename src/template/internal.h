@@ -185,7 +185,8 @@ struct kiln_template {
     node *root;          /* N_BODY */
 };
 
-/* Parse error helper message buffer is the thread's kiln_errmsg. */
+/* Lexes and parses `len` bytes of source into an N_BODY in `a`; KILN_ERR_FORMAT with
+ * "line N: message" (jinja2's wording), KILN_ERR_NOMEM. */
 kiln_err tpl_parse(arena *a, const char *src, size_t len, node **root);
 
 /* ---- render state and builtins (render.c / builtins.c) ---- */
@@ -210,27 +211,29 @@ struct tloop {
     tval last_changed;   /* loop.changed(): the previous arguments (a tuple), TV_UNDEF at first */
 };
 
+/* Sets the error message ("line N: ..." except for KILN_ERR_RAISED) and returns `code`. */
 kiln_err rt_error(rstate *st, int line, kiln_err code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-arena *rs_arena(rstate *st);
-size_t rs_max_output(rstate *st);
-/* Raises for an undefined value used where a value is required. */
+arena *rs_arena(rstate *st);           /* the render's arena */
+size_t rs_max_output(rstate *st);      /* the output limit, for string builders */
+/* Raises jinja2's UndefinedError for an undefined used where a value is required. */
 kiln_err rt_undef_error(rstate *st, int line, tval u);
-bool undef_message(sbuf *b, tval u);
+bool undef_message(sbuf *b, tval u);  /* jinja2's wording of why `u` is undefined */
 
-/* Calls a callable value (macro, builtin function, bound method). kwargs are name/value pairs. */
-kiln_err rt_call(rstate *st, int line, tval fn, tval *args, size_t n_args, const char **kw_names,
-                 tval *kw_vals, size_t n_kw, tval *out);
-
+/* An allocation failed: KILN_ERR_LIMIT when the arena hit its limit, else KILN_ERR_NOMEM. */
 kiln_err rt_nomem(rstate *st, int line);
+/* A string builder failed: output limit, nesting too deep, memory limit or out of memory. */
 kiln_err rt_sb_fail(rstate *st, sbuf *b, int line);
-kiln_err rt_str_format(rstate *st, int line, tval fmt, tval args, tval *out);
-kiln_err rt_to_str(rstate *st, int line, tval v, tval *out);
-kiln_err rt_escape(rstate *st, int line, tval v, tval *out);
+kiln_err rt_str_format(rstate *st, int line, tval fmt, tval args, tval *out); /* Python `fmt % args` */
+kiln_err rt_to_str(rstate *st, int line, tval v, tval *out);                  /* Python str(v) */
+kiln_err rt_escape(rstate *st, int line, tval v, tval *out);                  /* markupsafe.escape */
+/* jinja2's environment.getitem: obj[key], else the attribute, else an undefined. */
 kiln_err rt_getitem(rstate *st, int line, tval obj, tval key, tval *out);
+/* The items a for loop over `v` sees (dict keys, string characters, the rest of a generator,
+ * nothing for an undefined); a TypeError for non-iterables. */
 kiln_err rt_iter_list(rstate *st, int line, tval v, tlist **out);
 tval rt_undef(rstate *st, undef_kind kind, const char *obj_type, tval key, const char *hint);
-const char *rt_obj_type_repr(tval v);
+const char *rt_obj_type_repr(tval v); /* jinja2's object_type_repr: "dict object" ... */
 
 /* Builtins. Each returns KILN_OK and *out, or an error via rt_error. */
 typedef struct call_args {
@@ -248,7 +251,7 @@ kiln_err bi_test(rstate *st, int line, const char *name, tval v, call_args *ca, 
 /* Attribute lookup on builtin types (str/list/dict methods). Returns false if no such method. */
 bool bi_method(rstate *st, tval obj, const char *name, tval *out);
 kiln_err bi_call_func(rstate *st, int line, tfunc *fn, call_args *ca, tval *out);
-/* Global functions: range, namespace, dict, raise_exception, strftime_now, lipsum, cycler... */
+/* Global functions: range, namespace, dict, raise_exception, strftime_now, joiner, cycler. */
 bool bi_global(rstate *st, const char *name, tval *out);
 
 #endif

@@ -780,12 +780,6 @@ static kiln_err call_value(rstate *st, int line, tval fn, call_args *ca, tval *o
     }
 }
 
-kiln_err rt_call(rstate *st, int line, tval fn, tval *args, size_t n_args, const char **kw_names,
-                 tval *kw_vals, size_t n_kw, tval *out) {
-    call_args ca = {args, n_args, kw_names, kw_vals, n_kw};
-    return call_value(st, line, fn, &ca, out);
-}
-
 static kiln_err apply_filter(rstate *st, scope *sc, const node *f, tval *out) {
     tval v;
     kiln_err err;
@@ -1190,7 +1184,7 @@ static kiln_err call_macro(rstate *st, int line, tmacro *m, call_args *ca, tval 
         if (!scope_set(st, ms, "caller", cv)) return rt_nomem(st, line);
     }
     ctl saved_ctl = st->ctl;
-    err = capture(st, ms, def->kind == N_MACRO ? def->b : def->b, out);
+    err = capture(st, ms, def->b, out);
     st->ctl = saved_ctl;
     return err;
 }
