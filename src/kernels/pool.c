@@ -1,7 +1,8 @@
 /* pool.c: the compute team (pool.h). Workers wait for a new job generation by spinning for up to
- * KILN_SPIN_US microseconds, then sleeping on a futex; the caller waits for the last member the
- * same way. Job fields are written before the generation is bumped (release) and read after it is
- * seen (acquire); the next job is published only after every worker has finished the previous one.
+ * an adaptive budget (at most KILN_SPIN_US microseconds), then sleeping on a futex; the caller
+ * waits for the last member the same way. Job fields are written before the generation is bumped
+ * (release) and read after it is seen (acquire); the next job is published only after every
+ * worker has finished the previous one.
  * Workers live until the process exits. Linux only (futex). */
 #include "kernels/pool.h"
 
@@ -49,11 +50,18 @@ static int64_t now_ns(void) {
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
 
-/* Spins until *addr != val or the budget runs out; returns the last value seen. */
+/* Each thread's current spin budget: it adapts to how long its waits turn out to be. A wait
+ * that ends within KILN_SPIN_US (the workers were running, the gaps between ops are short)
+ * doubles it up to that limit; a longer one (a member was descheduled on a busy machine, or the
+ * engine is idle) halves it, so spinning stops burning cores that another thread needs. */
+static _Thread_local int64_t budget_ns = -1;
+
+/* Spins until *addr != val or this thread's budget runs out; returns the last value seen. */
 static uint32_t spin_while_eq(_Atomic uint32_t *addr, uint32_t val) {
     uint32_t v = atomic_load_explicit(addr, memory_order_acquire);
-    if (v != val || P.spin_ns <= 0) return v;
-    int64_t deadline = now_ns() + P.spin_ns;
+    if (budget_ns < 0) budget_ns = P.spin_ns;
+    if (v != val || budget_ns <= 0) return v;
+    int64_t deadline = now_ns() + budget_ns;
     for (unsigned i = 1;; i++) {
         cpu_relax();
         v = atomic_load_explicit(addr, memory_order_acquire);
@@ -62,16 +70,24 @@ static uint32_t spin_while_eq(_Atomic uint32_t *addr, uint32_t val) {
     }
 }
 
+/* Adapts this thread's budget to a wait of wait_ns. */
+static void budget_update(int64_t wait_ns) {
+    if (wait_ns <= P.spin_ns) budget_ns = KILN_MIN(P.spin_ns, 2 * budget_ns + 1000);
+    else budget_ns /= 2;
+}
+
 static void *worker(void *arg) {
     int ith = (int)(intptr_t)arg;
     uint32_t seen = P.start_gen[ith];
     for (;;) {
+        int64_t t0 = now_ns();
         uint32_t g = spin_while_eq(&P.gen, seen);
         if (g == seen) {
             atomic_fetch_add(&P.n_sleeping, 1);
             while ((g = atomic_load(&P.gen)) == seen) futex_wait(&P.gen, seen);
             atomic_fetch_sub(&P.n_sleeping, 1);
         }
+        budget_update(now_ns() - t0);
         seen = g;
         if (ith < P.nth) P.fn(P.ctx, ith, P.nth);
         if (atomic_fetch_sub_explicit(&P.pending, 1, memory_order_acq_rel) == 1) futex_wake(&P.pending);
@@ -81,7 +97,7 @@ static void *worker(void *arg) {
 
 static void init(void) {
     const char *s = getenv("KILN_SPIN_US");
-    long us = s && *s ? strtol(s, NULL, 10) : 100;
+    long us = s && *s ? strtol(s, NULL, 10) : 30;
     P.spin_ns = (us < 0 ? 0 : us > 1000000 ? 1000000 : us) * 1000;
 }
 
@@ -134,8 +150,10 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx) {
     if (atomic_load(&P.n_sleeping) > 0) futex_wake(&P.gen);
     fn(ctx, 0, nth);
     uint32_t p;
+    int64_t t0 = now_ns();
     while ((p = spin_while_eq(&P.pending, atomic_load(&P.pending))) != 0) {
         if (p == atomic_load(&P.pending)) futex_wait(&P.pending, p);
     }
+    budget_update(now_ns() - t0);
     pthread_mutex_unlock(&P.lock);
 }

@@ -1,8 +1,9 @@
 /* pool.h: the compute team that runs the kernels' parallel loops (replaces OpenMP there). One
  * process-wide set of worker threads, created on first use and grown to the largest team asked
- * for; the calling thread is member 0. Idle workers spin briefly (KILN_SPIN_US, default 100 us)
- * and then sleep on a futex, so a core held by another process or by the server's own threads is
- * given up quickly instead of being burned in a barrier (libgomp's default behaviour).
+ * for; the calling thread is member 0. Idle workers spin briefly (a per-thread budget that adapts
+ * to the waits seen, at most KILN_SPIN_US, default 30 us) and then sleep on a futex, so a core
+ * held by another process or by the server's own threads is given up quickly instead of being
+ * burned in a barrier (libgomp's default behaviour).
  * Thread-safe: one job at a time; a caller that finds the team busy (another thread's job, or a
  * nested call from inside a job) runs its job alone, which gives the same results. */
 #ifndef KILN_POOL_H
