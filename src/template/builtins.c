@@ -353,6 +353,10 @@ bool bi_method(rstate *st, tval obj, const char *name, tval *out) {
         return bind(st, obj, dict_methods, KILN_ARRAY_LEN(dict_methods), name, out) ||
                unsafe(st, obj, dict_unsafe, KILN_ARRAY_LEN(dict_unsafe), name, out);
     case TV_LIST:
+        if (obj.l->group && (!strcmp(name, "grouper") || !strcmp(name, "list"))) {
+            *out = obj.l->items[name[0] == 'l'];
+            return true;
+        }
         if (obj.l->tuple) return bind(st, obj, list_methods, KILN_ARRAY_LEN(list_methods), name, out);
         return bind(st, obj, list_methods, KILN_ARRAY_LEN(list_methods), name, out) ||
                unsafe(st, obj, list_unsafe, KILN_ARRAY_LEN(list_unsafe), name, out);
@@ -1728,6 +1732,171 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
             while (curr->n < (size_t)cnt.i)
                 if (!tl_push(A(st), curr, fill)) return rt_nomem(st, line);
         *out = mkiter(l, "generator");
+        return KILN_OK;
+    }
+    if (!strcmp(name, "truncate")) {
+        tval len_v = arg_or(ca, 0, "length", tv_int(255)), kw = arg_or(ca, 1, "killwords", tv_bool(false)),
+             end = arg_or(ca, 2, "end", tv_cstr("...")), leeway = arg_or(ca, 3, "leeway", tv_int(5));
+        if ((err = soft_str(st, line, v, &s))) return err;
+        if (len_v.t != TV_INT || leeway.t != TV_INT || end.t != TV_STR)
+            return rt_error(st, line, KILN_ERR_INVALID, "truncate() expects integer length/leeway and a string end");
+        int64_t n_end = (int64_t)cp_count(end.s.p, end.s.n), n = (int64_t)cp_count(s.s.p, s.s.n);
+        if (len_v.i < n_end) return rt_error(st, line, KILN_ERR_INVALID, "expected length >= %lld, got %lld", (long long)n_end, (long long)len_v.i);
+        if (leeway.i < 0) return rt_error(st, line, KILN_ERR_INVALID, "expected leeway >= 0, got %lld", (long long)leeway.i);
+        if (n <= len_v.i + leeway.i) {
+            *out = s;
+            return KILN_OK;
+        }
+        /* the first length - len(end) code points */
+        size_t cut = 0;
+        for (int64_t k = 0; k < len_v.i - n_end && cut < s.s.n; k++) {
+            cut++;
+            while (cut < s.s.n && ((unsigned char)s.s.p[cut] & 0xc0) == 0x80) cut++;
+        }
+        if (!tv_truthy(kw)) {
+            /* rsplit(" ", 1)[0] */
+            for (size_t k = cut; k-- > 0;)
+                if (s.s.p[k] == ' ') {
+                    cut = k;
+                    break;
+                }
+        }
+        sbuf b;
+        sb_init(&b, A(st), rs_max_output(st));
+        if (!sb_add(&b, s.s.p, cut) || !sb_add(&b, end.s.p, end.s.n)) return rt_sb_fail(st, &b, line);
+        *out = sb_val(&b);
+        return KILN_OK;
+    }
+    if (!strcmp(name, "groupby")) {
+        tval attr, dflt = arg_or(ca, 1, "default", tv_undef());
+        bool cs = tv_truthy(arg_or(ca, 2, "case_sensitive", tv_bool(false)));
+        if (!arg(ca, 0, "attribute", &attr)) return rt_error(st, line, KILN_ERR_INVALID, "groupby() missing 1 required positional argument: 'attribute'");
+        tlist *items;
+        if ((err = rt_iter_list(st, line, v, &items))) return err;
+        size_t n = items->n;
+        sort_item *it = arena_alloc(A(st), (n + 1) * sizeof(*it));
+        tval *raw = arena_alloc(A(st), (n + 1) * sizeof(*raw));
+        if (!it || !raw) return rt_nomem(st, line);
+        for (size_t i = 0; i < n; i++) {
+            tval k;
+            if ((err = get_attr_path(st, line, items->items[i], attr, &k))) return err;
+            if (k.t == TV_UNDEF && dflt.t != TV_UNDEF) k = dflt;
+            raw[i] = k;
+            it[i].val = tv_int((int64_t)i);
+            if ((err = sort_key(st, line, k, cs, &it[i].key))) return err;
+        }
+        if ((err = merge_sort(st, line, it, n, false))) return err;
+        tlist *groups = tl_new(A(st), 0);
+        if (!groups) return rt_nomem(st, line);
+        for (size_t i = 0; i < n;) {
+            size_t j = i;
+            tlist *members = tl_new(A(st), 0), *pair = tl_new(A(st), 2);
+            if (!members || !pair) return rt_nomem(st, line);
+            while (j < n && tv_equal(it[j].key, it[i].key)) {
+                if (!tl_push(A(st), members, items->items[it[j].val.i])) return rt_nomem(st, line);
+                j++;
+            }
+            pair->tuple = pair->group = true;
+            /* case-insensitive groups are named by their first member's value */
+            pair->items[0] = cs ? it[i].key : raw[it[i].val.i];
+            pair->items[1] = mklist(members);
+            pair->n = 2;
+            if (!tl_push(A(st), groups, mklist(pair))) return rt_nomem(st, line);
+            i = j;
+        }
+        *out = mklist(groups);
+        return KILN_OK;
+    }
+    if (!strcmp(name, "slice")) {
+        tval sl = arg_or(ca, 0, "slices", tv_undef()), fill = arg_or(ca, 1, "fill_with", tv_none());
+        if (sl.t != TV_INT || sl.i <= 0 || sl.i > 100000) return rt_error(st, line, KILN_ERR_INVALID, "slice() needs a positive number of slices");
+        tlist *items;
+        if ((err = rt_iter_list(st, line, v, &items))) return err;
+        size_t len = items->n, slices = (size_t)sl.i, per = len / slices, extra = len % slices, offset = 0;
+        tlist *l = tl_new(A(st), slices);
+        if (!l) return rt_nomem(st, line);
+        for (size_t k = 0; k < slices; k++) {
+            size_t start = offset + k * per;
+            if (k < extra) offset++;
+            size_t end = offset + (k + 1) * per;
+            tlist *part = tl_new(A(st), end - start + 1);
+            if (!part) return rt_nomem(st, line);
+            for (size_t q = start; q < end; q++) part->items[part->n++] = items->items[q];
+            if (fill.t != TV_NONE && k >= extra) part->items[part->n++] = fill;
+            l->items[l->n++] = mklist(part);
+        }
+        *out = mkiter(l, "generator");
+        return KILN_OK;
+    }
+    if (!strcmp(name, "filesizeformat")) {
+        bool binary = tv_truthy(arg_or(ca, 0, "binary", tv_bool(false)));
+        double bytes;
+        if (v.t == TV_INT || v.t == TV_BOOL) bytes = (double)(v.t == TV_INT ? v.i : v.b);
+        else if (v.t == TV_FLOAT) bytes = v.f;
+        else if (v.t == TV_STR) {
+            char *z = arena_strndup(A(st), v.s.p, v.s.n), *endp;
+            if (!z) return rt_nomem(st, line);
+            bytes = strtod(z, &endp);
+            if (endp == z) return rt_error(st, line, KILN_ERR_INVALID, "could not convert string to float: '%.100s'", z);
+        } else {
+            return rt_error(st, line, KILN_ERR_INVALID, "float() argument must be a string or a real number, not '%s'", tv_type_name(v));
+        }
+        static const char *const dec[] = {"kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"};
+        static const char *const bin[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"};
+        double base = binary ? 1024 : 1000;
+        sbuf b;
+        sb_init(&b, A(st), 0);
+        if (bytes == 1) {
+            sb_adds(&b, "1 Byte");
+        } else if (bytes < base) {
+            sb_printf(&b, "%lld Bytes", (long long)bytes);
+        } else {
+            double unit = base;
+            int i;
+            for (i = 0; i < 8; i++) {
+                unit *= base;
+                if (bytes < unit) break;
+            }
+            if (i == 8) i = 7;
+            char num[64];
+            snprintf(num, sizeof num, "%.1f", base * bytes / unit);
+            sb_printf(&b, "%s %s", num, binary ? bin[i] : dec[i]);
+        }
+        if (b.failed) return rt_nomem(st, line);
+        *out = sb_val(&b);
+        return KILN_OK;
+    }
+    if (!strcmp(name, "striptags")) {
+        if ((err = soft_str(st, line, v, &s))) return err;
+        /* remove <!-- comments --> and <tags>, collapse whitespace, unescape the basic entities */
+        sbuf t;
+        sb_init(&t, A(st), rs_max_output(st));
+        for (size_t i = 0; i < s.s.n;) {
+            if (s.s.n - i >= 4 && !memcmp(s.s.p + i, "<!--", 4)) {
+                const char *e = memmem(s.s.p + i + 4, s.s.n - i - 4, "-->", 3);
+                if (e) {
+                    i = (size_t)(e - s.s.p) + 3;
+                    continue;
+                }
+            }
+            if (s.s.p[i] == '<') {
+                const char *e = memchr(s.s.p + i + 1, '>', s.s.n - i - 1);
+                if (e) {
+                    i = (size_t)(e - s.s.p) + 1;
+                    continue;
+                }
+            }
+            sb_addc(&t, s.s.p[i++]);
+        }
+        tval words;
+        if ((err = do_split(st, line, sb_val(&t), tv_none(), -1, false, &words))) return err;
+        tval joined;
+        if ((err = str_join(st, line, tv_cstr(" "), words, &joined))) return err;
+        static const char *const ents[][2] = {{"&amp;", "&"}, {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&#39;", "'"}, {"&#34;", "\""}, {"&nbsp;", "\xc2\xa0"}};
+        tval r = joined;
+        for (size_t k = 0; k < KILN_ARRAY_LEN(ents); k++)
+            if ((err = do_replace(st, line, r, tv_cstr(ents[k][0]), tv_cstr(ents[k][1]), -1, &r))) return err;
+        *out = r;
         return KILN_OK;
     }
     return rt_error(st, line, KILN_ERR_UNSUPPORTED, "filter '%s' is not supported by kiln", name);

@@ -75,6 +75,7 @@ struct tlist {
      * "dict_items", ...): not JSON-serializable, not indexable; generators have no len() */
     const char *iter_type;
     size_t pos;            /* generators: items before pos were consumed by an iteration */
+    bool group;            /* a groupby() (grouper, list) tuple: has those two attributes */
 };
 struct tdict {
     tval *keys;

@@ -323,6 +323,10 @@ SNIPPETS = [
     "{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x) %}[{{ x }}]{% endif %}{% endfor %}{% for m in msgs %}{{ loop.changed(m.role) }}{% endfor %}",
     "{{ nope is sequence }}{{ nope is iterable }}{{ nope is mapping }}{{ nope is string }}{{ nope is number }}{{ nope is callable }}{{ nope is none }}{{ (l | select) is sequence }}{{ (l | select) is iterable }}",
     "{% for x in l %}{% break %}{% else %}E1{% endfor %}|{% for x in l %}{% continue %}{% else %}E2{% endfor %}|{% for x in l %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% else %}E3{% endfor %}|{% for x in l %}{% if x == 3 %}{% continue %}{% endif %}{{ x }}{% else %}E4{% endfor %}",
+    "{{ 'Hello world, this is long' | truncate(12) }}|{{ 'Hello world, this is long' | truncate(12, true) }}|{{ 'short' | truncate(3, false, '!', 0) }}|{{ uni | truncate(9, true, '…') }}|{{ s | truncate(255) }}",
+    "{% for g in msgs | groupby('role') %}{{ g.grouper }}:{{ g.list | map(attribute='content') | join(',') }};{% endfor %}{% for k, items in [{'t': 'B'}, {'t': 'a'}, {'t': 'b'}, {}] | groupby('t', default='z') %}{{ k }}{{ items | length }}{% endfor %}{{ words | groupby('0') | list }}",
+    "{{ [1, 2, 3, 4, 5] | slice(3) | list }}{{ [1, 2, 3, 4] | slice(3, 0) | list }}{{ 1000 | filesizeformat }} {{ 1 | filesizeformat }} {{ 1536 | filesizeformat(true) }} {{ 12345678 | filesizeformat }} {{ 10 | filesizeformat }}",
+    "{{ '<p>Hello <b>World</b></p> <!-- x -->  &amp;  more\\n text' | striptags }}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
