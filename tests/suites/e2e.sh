@@ -13,7 +13,8 @@ td=${KILN_TESTDATA:-$root/../shared/testdata}
 bin=${KILN_BIN:-$root/build/release/kiln}
 bin_asan=${KILN_BIN_ASAN:-$root/build/asan/kiln}
 model=$td/models/stories260K.gguf
-logs=$root/build/test-logs/e2e
+# per run, so that two runs at once (several engineers share a tree) do not clobber each other
+logs=$root/build/test-logs/e2e/run.$$
 mkdir -p "$logs"
 pass=0 fail=0
 pids=()
@@ -154,5 +155,6 @@ else
     fail=$((fail + 1))
 fi
 
+echo "logs: $logs"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
