@@ -130,6 +130,7 @@ typedef struct kiln_api_choice {
 typedef struct kiln_api_usage {
     int64_t prompt_tokens;
     int64_t completion_tokens;
+    int64_t cached_tokens;          /* prompt_tokens_details.cached_tokens (prefix cache) */
 } kiln_api_usage;
 
 /* Response envelope shared by every object of one response. */

@@ -225,9 +225,10 @@ static json_t *finish_json(kiln_finish_reason f) {
 }
 
 static json_t *usage_json(const kiln_api_usage *u) {
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)u->prompt_tokens,
+    return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)u->prompt_tokens,
                      "completion_tokens", (json_int_t)u->completion_tokens, "total_tokens",
-                     (json_int_t)(u->prompt_tokens + u->completion_tokens));
+                     (json_int_t)(u->prompt_tokens + u->completion_tokens),
+                     "prompt_tokens_details", "cached_tokens", (json_int_t)u->cached_tokens);
 }
 
 static json_t *envelope(const kiln_api_meta *m, const char *object) {

@@ -6,6 +6,8 @@
  * Thread: the server (libevent) thread; only kiln_api_server_notify runs on the engine thread. */
 #include "api/server.h"
 
+#include "api/metrics.h"
+
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@ typedef struct choice {
     kiln_finish_reason finish;
     bool started;                   /* streaming: first chunk (role / echo) sent */
     size_t n_chars;                 /* streaming legacy logprobs: text_offset so far */
+    uint64_t t_last_token_ns;       /* metrics: arrival of its last token */
 } choice;
 
 typedef struct sub {
@@ -51,6 +54,7 @@ typedef struct call {
     char fail_msg[512];
     bool timed_out;
     uint64_t t_start_ns;            /* for the request log line */
+    uint64_t t_first_token_ns;      /* metrics: 0 until the first token */
     struct call *prev, *next;
 } call;
 
@@ -66,6 +70,7 @@ struct kiln_api_server {
     int64_t started;                /* unix seconds */
     call *calls;                    /* in flight */
     uint64_t n_http_errors;         /* error responses sent */
+    kiln_api_metrics metrics;       /* /metrics histograms and counters */
 };
 
 /* ---- helpers ---- */
@@ -362,6 +367,12 @@ static void call_finish(call *c) {
               (long long)c->usage.completion_tokens, (double)(kiln_now_ns() - c->t_start_ns) / 1e6,
               !r ? ", client gone" : c->timed_out ? ", timed out" : "",
               c->failed && !c->timed_out && r ? ", failed" : "");
+    if (r && !c->failed && !c->timed_out) {
+        kiln_api_hist_observe(&s->metrics.e2e, (double)(kiln_now_ns() - c->t_start_ns) / 1e9);
+        for (int i = 0; i < c->n_choices; i++)
+            if (c->choices[i].finish > KILN_FINISH_NONE && c->choices[i].finish < KILN_FINISH_COUNT)
+                s->metrics.n_success[c->choices[i].finish]++;
+    }
     if (!r) goto done;
     if (c->timed_out && !c->failed) {
         c->failed = true;
@@ -464,6 +475,19 @@ static void on_event(kiln_api_server *s, kiln_event *ev) {
         break;
     case KILN_EVENT_DELTA:
         if (c->failed || ev->index < 0 || ev->index >= c->q.n) break;
+        if (ev->n_tokens > 0) {
+            uint64_t now = kiln_now_ns();
+            choice *tc = &c->choices[i_sub * c->q.n + ev->index];
+            if (!c->t_first_token_ns) {
+                c->t_first_token_ns = now;
+                kiln_api_hist_observe(&s->metrics.ttft, (double)(now - c->t_start_ns) / 1e9);
+            } else if (tc->t_last_token_ns) {
+                double gap = (double)(now - tc->t_last_token_ns) / 1e9 / ev->n_tokens;
+                for (int32_t k = 0; k < ev->n_tokens; k++)
+                    kiln_api_hist_observe(&s->metrics.itl, gap);
+            }
+            tc->t_last_token_ns = now;
+        }
         if (ev->finish != KILN_FINISH_NONE)
             c->choices[i_sub * c->q.n + ev->index].finish = ev->finish;
         if (c->streaming) stream_delta(c, i_sub, ev);
@@ -472,6 +496,10 @@ static void on_event(kiln_api_server *s, kiln_event *ev) {
     case KILN_EVENT_DONE:
         c->usage.prompt_tokens += ev->n_prompt_tokens;
         c->usage.completion_tokens += ev->n_completion_tokens;
+        c->usage.cached_tokens += ev->n_cached_tokens;
+        s->metrics.n_prompt_tokens += (uint64_t)ev->n_prompt_tokens;
+        s->metrics.n_generation_tokens += (uint64_t)ev->n_completion_tokens;
+        kiln_api_hist_observe(&s->metrics.queue, (double)ev->queue_ns / 1e9);
         sb->ended = true;
         c->n_subs_open--;
         break;
@@ -618,6 +646,9 @@ static void handle_generate(kiln_http_req *r, kiln_api_server *s, kiln_api_kind 
                                    ? c->q.n_logprobs
                                    : -1;
         rq.user = c;
+        /* Fair share between clients: X-Client-Name, else the peer address. */
+        const char *client = kiln_http_req_header(r, "X-Client-Name");
+        rq.client = client && *client ? client : kiln_http_req_peer(r);
         const char *field = NULL;
         kiln_err err = kiln_engine_submit(s->engine, &rq, &sb->id, &field);
         if (err) {
@@ -625,9 +656,11 @@ static void handle_generate(kiln_http_req *r, kiln_api_server *s, kiln_api_kind 
             if (err == KILN_ERR_LIMIT)
                 kiln_api_error_set(&e, 400, "invalid_request_error", "context_length_exceeded",
                                    field, "%s", kiln_errmsg());
-            else if (err == KILN_ERR_FULL)
+            else if (err == KILN_ERR_FULL) {
+                s->metrics.n_rejected++;
                 kiln_api_error_set(&e, 503, "server_error", "queue_full", NULL,
                                    "the server is busy (request queue full), retry later");
+            }
             else if (err == KILN_ERR_NOMEM)
                 kiln_api_error_set(&e, 503, "server_error", NULL, NULL, "out of memory");
             else
@@ -898,6 +931,8 @@ static void h_metrics(kiln_http_req *r, void *ctx) {
                     (unsigned long long)st.n_requests_failed,
                     kiln_http_n_active(s->h) - 1, n_calls,
                     (unsigned long long)s->n_http_errors);
+    if (b.data && kiln_api_metrics_format(&s->metrics, &st, s->model_name, &b) != KILN_OK)
+        kiln_buf_deinit(&b);
     if (!b.data) kiln_http_reply_error(r, 503, "out of memory", "server_error", NULL, NULL);
     else kiln_http_reply(r, 200, "text/plain; version=0.0.4", b.data, b.len);
     kiln_buf_deinit(&b);
@@ -919,6 +954,7 @@ kiln_err kiln_api_server_new(kiln_http *h, const kiln_vocab *vocab,
     if (opts->eos_token) s->eos_token = kiln_strndup(opts->eos_token, strlen(opts->eos_token));
     s->ev_wake = event_new(kiln_http_base(h), -1, 0, on_wake, s);
     s->started = (int64_t)time(NULL);
+    kiln_api_metrics_init(&s->metrics);
     kiln_rng_seed(&s->rng, kiln_now_ns() ^ (uint64_t)(uintptr_t)s);
     if (!s->model_name || !s->ev_wake || (opts->bos_token && !s->bos_token) ||
         (opts->eos_token && !s->eos_token))

@@ -31,7 +31,11 @@ static void serve_usage(FILE *f) {
             "  --kv-cache-memory BYTES       KV cache budget, suffix K/M/G allowed (default 1G)\n"
             "  --chat-template FILE          Jinja chat template overriding the model's\n"
             "  --threads N                   compute threads (default: physical cores)\n"
-            "  --max-queued-requests N       requests waiting for the engine before 503 (default 1024)\n"
+            "  --max-num-queued-reqs N       requests waiting for the engine before 503 with\n"
+            "                                Retry-After (default 1024; alias --max-queued-requests)\n"
+            "  --max-num-queued-tokens N     prompt tokens waiting before 503 (default: no limit)\n"
+            "  --no-prefix-caching           do not reuse the KV blocks of earlier prompts\n"
+            "                                (automatic prefix caching is on by default)\n"
             "  --max-request-body-bytes N    413 above this (default 8M)\n"
             "  --max-request-header-bytes N  request line + headers (default 16K)\n"
             "  --request-timeout S           total seconds per request, 0 = none (default 600)\n"
@@ -114,7 +118,15 @@ static int parse_args(int argc, char **argv, serve_args *a) {
             ok = ok && parse_int(v, 1, 1 << 16, &a->engine.max_num_seqs);
         } else if (!strcmp(o, "--max-num-batched-tokens")) {
             ok = ok && parse_int(v, 1, 1 << 24, &a->engine.max_num_batched_tokens);
-        } else if (!strcmp(o, "--max-queued-requests")) {
+        } else if (!strcmp(o, "--max-num-queued-tokens")) {
+            int t = 0;
+            ok = ok && parse_int(v, 1, INT32_MAX, &t);
+            a->engine.max_queued_tokens = t;
+        } else if (!strcmp(o, "--no-prefix-caching") || !strcmp(o, "--enable-prefix-caching")) {
+            a->engine.enable_prefix_caching = !strcmp(o, "--enable-prefix-caching");
+            takes = false;
+            ok = true;
+        } else if (!strcmp(o, "--max-queued-requests") || !strcmp(o, "--max-num-queued-reqs")) {
             ok = ok && parse_int(v, 1, 1 << 24, &a->engine.max_queued_requests);
         } else if (!strcmp(o, "--kv-cache-memory")) {
             ok = ok && parse_size(v, 1, (size_t)1 << 44, &a->engine.kv_cache_bytes);

@@ -58,6 +58,7 @@ typedef struct seq {
     int32_t i_logits;          /* logits row of the current step, -1 if none */
     bool lp_rows;              /* this step: every row wants logits (prompt logprobs) */
     int32_t i_lp0;             /* this step: logits row of the first scheduled row */
+    uint64_t round;            /* fair-share round of a new request's choice 0 (waiting order) */
 } seq;
 
 typedef struct seq_list {
@@ -93,6 +94,10 @@ typedef struct ereq {
     kiln_err fail_err;
     char fail_msg[256];
     bool started;              /* engine: a choice was admitted once */
+    uint64_t client;           /* hash of kiln_request.client (0 = anonymous) */
+    uint64_t t_submit_ns;
+    int64_t queue_ns;          /* engine: submit to first admission */
+    int32_t n_cached;          /* engine: prefix-cache hits of choice 0 at first admission */
     struct ereq *anext, *aprev;/* under mu: every accepted request without a terminal event */
     struct ereq *inext;        /* under mu: inbox */
     struct ereq *enext, *eprev;/* engine: requests taken from the inbox */
@@ -123,6 +128,8 @@ struct kiln_engine {
     int32_t n_active;
     int32_t n_cancel_pending;
     int32_t n_waiting_reqs_shared; /* copy of n_waiting_reqs for the FULL check */
+    int64_t n_inbox_tokens;        /* prompt tokens in the inbox */
+    int64_t n_waiting_tokens_shared; /* copy of n_waiting_tokens for the FULL check */
     uint64_t next_id;
     ev_list events;
     kiln_engine_stats stats;       /* snapshot */
@@ -133,6 +140,8 @@ struct kiln_engine {
     seq_list waiting;              /* front = next to admit */
     seq_list running;              /* admission order: head = oldest */
     int32_t n_waiting_reqs;        /* taken requests none of whose choices was admitted yet */
+    int64_t n_waiting_tokens;      /* their prompt tokens */
+    uint64_t fair_round;           /* round of the last admitted new request */
     kiln_sample_scratch *scratch;
     float *logits;                 /* (cap_logits, n_vocab) */
     int32_t cap_logits;
@@ -212,6 +221,20 @@ static void list_push_front(seq_list *l, seq *s) {
     l->n++;
 }
 
+/* Inserts s after `after` (NULL: at the front). */
+static void list_insert_after(seq_list *l, seq *after, seq *s) {
+    if (!after) {
+        list_push_front(l, s);
+        return;
+    }
+    s->prev = after;
+    s->next = after->next;
+    if (after->next) after->next->prev = s;
+    else l->tail = s;
+    after->next = s;
+    l->n++;
+}
+
 static void list_remove(seq_list *l, seq *s) {
     if (s->prev) s->prev->next = s->next;
     else l->head = s->next;
@@ -251,6 +274,31 @@ static void release_blocks(kiln_engine *e, seq *s) {
     for (int32_t i = 0; i < s->n_blocks; i++) blk_unref(e, s->blocks[i]);
     s->n_blocks = 0;
     s->n_computed = 0;
+}
+
+/* ---- fair share (engine thread) ---- */
+
+/* Queues choice 0 of a newly taken request. A client's k-th waiting new request gets round
+ * max(current round, its previous one + 1), and the line stays ordered by round (ties: arrival;
+ * preempted and forked sequences, first in line, keep their place): new requests are admitted
+ * round-robin across clients. O(waiting). */
+static void fair_enqueue(kiln_engine *e, seq *s) {
+    uint64_t round = e->fair_round;
+    for (seq *w = e->waiting.head; w; w = w->next)
+        if (w->index == 0 && !w->req->started && w->req->client == s->req->client &&
+            w->round >= round)
+            round = w->round + 1;
+    s->round = round;
+    seq *after = e->waiting.tail;
+    while (after && after->round > round) after = after->prev;
+    list_insert_after(&e->waiting, after, s);
+}
+
+static uint64_t client_hash(const char *c) {
+    if (!c) return 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *c; c++) h = (h ^ (unsigned char)*c) * 0x100000001b3ull;
+    return h | 1; /* never 0, the anonymous client */
 }
 
 /* ---- prefix cache (engine thread) ---- */
@@ -463,6 +511,12 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
 
     /* Context: prompt + completion must fit max_model_len (vLLM's context_length_exceeded). */
     int32_t L = e->max_model_len;
+    if (e->opts.max_queued_tokens > 0 && r->n_prompt > e->opts.max_queued_tokens)
+        return field_err(field, "prompt",
+                         kiln_errf(KILN_ERR_LIMIT,
+                                   "prompt: %d tokens can never be queued (the server's limit "
+                                   "of queued prompt tokens is %lld)",
+                                   (int)r->n_prompt, (long long)e->opts.max_queued_tokens));
     if (r->n_prompt >= L)
         return field_err(field, "prompt",
                          kiln_errf(KILN_ERR_LIMIT,
@@ -491,6 +545,8 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
     ereq *q = kiln_calloc(1, sizeof(*q));
     if (!q) return kiln_errf(KILN_ERR_NOMEM, "engine: out of memory");
     q->user = r->user;
+    q->client = client_hash(r->client);
+    q->t_submit_ns = kiln_now_ns();
     q->n = r->n;
     q->n_prompt = r->n_prompt;
     q->max_tokens = max_tokens;
@@ -535,12 +591,23 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
                         (int)n_q, (int)e->opts.max_queued_requests);
         goto out_free;
     }
+    if (e->opts.max_queued_tokens > 0 &&
+        e->n_inbox_tokens + e->n_waiting_tokens_shared + r->n_prompt > e->opts.max_queued_tokens) {
+        int64_t n_t = e->n_inbox_tokens + e->n_waiting_tokens_shared;
+        pthread_mutex_unlock(&e->mu);
+        err = kiln_errf(KILN_ERR_FULL,
+                        "engine: %lld prompt tokens are already queued (limit %lld, this request "
+                        "has %d)",
+                        (long long)n_t, (long long)e->opts.max_queued_tokens, (int)r->n_prompt);
+        goto out_free;
+    }
     q->id = ++e->next_id;
     *id = q->id;
     if (e->inbox_tail) e->inbox_tail->inext = q;
     else e->inbox_head = q;
     e->inbox_tail = q;
     e->n_inbox++;
+    e->n_inbox_tokens += r->n_prompt;
     q->anext = e->all_head;
     if (e->all_head) e->all_head->aprev = q;
     e->all_head = q;
@@ -635,6 +702,8 @@ static void req_end(kiln_engine *e, ereq *q, kiln_event_type type, kiln_err err,
     ev->i_stop_str = -1;
     ev->n_prompt_tokens = q->n_prompt;
     ev->n_completion_tokens = q->n_completion;
+    ev->n_cached_tokens = q->n_cached;
+    ev->queue_ns = q->queue_ns;
     ev->err = err;
     snprintf(mbuf, TERM_MSG_BYTES, "%s", msg ? msg : "");
     ev->message = mbuf;
@@ -643,7 +712,10 @@ static void req_end(kiln_engine *e, ereq *q, kiln_event_type type, kiln_err err,
     else if (type == KILN_EVENT_CANCELLED) e->acc.n_requests_cancelled++;
     else e->acc.n_requests_failed++;
 
-    if (!q->started) e->n_waiting_reqs--;
+    if (!q->started) {
+        e->n_waiting_reqs--;
+        e->n_waiting_tokens -= q->n_prompt;
+    }
     if (q->eprev) q->eprev->enext = q->enext;
     else e->active_head = q->enext;
     if (q->enext) q->enext->eprev = q->eprev;
@@ -1032,6 +1104,7 @@ static int32_t step(kiln_engine *e) {
             break;
         }
         if (s->lp_rows) lp_rows_left -= chunk;
+        if (e->pc_on && !s->lp_rows) e->acc.n_prefix_cache_query_tokens += (uint64_t)s->n_tokens;
         e->acc.n_prefix_cache_hit_tokens += (uint64_t)n_hit;
         grow_blocks(e, s, s->n_computed + chunk);
         if (s->n_blocks * bs < s->n_computed + chunk) { /* only if the counts were off */
@@ -1044,8 +1117,13 @@ static int32_t step(kiln_engine *e) {
         s->n_sched = chunk;
         used += chunk;
         if (!s->req->started) {
-            s->req->started = true;
+            ereq *q = s->req;
+            q->started = true;
+            q->queue_ns = (int64_t)(kiln_now_ns() - q->t_submit_ns);
+            q->n_cached = n_hit;
             e->n_waiting_reqs--;
+            e->n_waiting_tokens -= q->n_prompt;
+            if (s->round > e->fair_round) e->fair_round = s->round;
         }
     }
 
@@ -1140,6 +1218,7 @@ static void publish(kiln_engine *e) {
     st->n_kv_blocks_free = kiln_kv_n_free(e->kv) + e->n_evictable;
     st->n_kv_blocks_cached = e->n_cached;
     e->n_waiting_reqs_shared = e->n_waiting_reqs;
+    e->n_waiting_tokens_shared = e->n_waiting_tokens;
     if (any) pthread_cond_broadcast(&e->ev_cond);
     pthread_mutex_unlock(&e->mu);
     if (any && e->notify) e->notify(e->notify_ctx);
@@ -1159,8 +1238,13 @@ static void *engine_main(void *arg) {
         ereq *taken = e->inbox_head;
         e->inbox_head = e->inbox_tail = NULL;
         e->n_inbox = 0;
-        for (ereq *q = taken; q; q = q->inext) e->n_waiting_reqs++;
+        e->n_inbox_tokens = 0;
+        for (ereq *q = taken; q; q = q->inext) {
+            e->n_waiting_reqs++;
+            e->n_waiting_tokens += q->n_prompt;
+        }
         e->n_waiting_reqs_shared = e->n_waiting_reqs; /* no stale low count for submit */
+        e->n_waiting_tokens_shared = e->n_waiting_tokens;
         bool any_cancel = e->n_cancel_pending > 0;
         if (any_cancel) {
             for (ereq *q = e->all_head; q; q = q->anext)
@@ -1180,7 +1264,7 @@ static void *engine_main(void *arg) {
             for (int32_t i = 0; i < q->n; i++) {
                 if (q->cancelled) q->seqs[i].state = SEQ_DONE; /* never queued */
                 else if (i > 0) q->seqs[i].state = SEQ_FORK_PENDING;
-                else list_push_back(&e->waiting, &q->seqs[i]);
+                else fair_enqueue(e, &q->seqs[i]);
             }
         }
         if (any_cancel) end_requests(e); /* frees the cancelled before they take a batch slot */
@@ -1224,6 +1308,9 @@ kiln_err kiln_engine_new(kiln_model *model, const kiln_vocab *vocab, const kiln_
     if (o.max_num_batched_tokens < 1 || o.max_num_batched_tokens > (1 << 20))
         return kiln_errf(KILN_ERR_INVALID, "max_num_batched_tokens: must be in [1, 1048576], got %d",
                          (int)o.max_num_batched_tokens);
+    if (o.max_queued_tokens < 0)
+        return kiln_errf(KILN_ERR_INVALID, "max_queued_tokens: must be >= 0, got %lld",
+                         (long long)o.max_queued_tokens);
     if (o.max_queued_requests < 1)
         return kiln_errf(KILN_ERR_INVALID, "max_queued_requests: must be >= 1, got %d",
                          (int)o.max_queued_requests);

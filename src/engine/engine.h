@@ -32,6 +32,10 @@ typedef struct kiln_engine_opts {
                                      * leading tokens (vLLM's automatic prefix caching); default
                                      * true. Cached blocks nobody uses are evicted on demand and
                                      * count as free in the stats. */
+    int64_t max_queued_tokens;      /* prompt tokens of accepted requests not yet running;
+                                     * 0 = no limit (default). Over it, submit answers
+                                     * KILN_ERR_FULL; a prompt longer than the limit alone,
+                                     * KILN_ERR_LIMIT. */
 } kiln_engine_opts;
 
 /* Fills o with the defaults above. */
@@ -63,6 +67,10 @@ typedef struct kiln_request {
     int32_t n_prompt_logprobs;          /* -1 = off (default); 0..20: a PROMPT_LOGPROBS event
                                          * with that many alternatives per prompt position */
     void *user;                         /* opaque, returned in every event of this request */
+    const char *client;                 /* fair-share key (X-Client-Name or the peer address);
+                                         * NULL = one anonymous client. Waiting requests are
+                                         * admitted round-robin across clients, so one client's
+                                         * backlog cannot starve another's requests. */
 } kiln_request;
 
 /* Fills r with the defaults: no prompt, default sampling (kiln_sampler_params_default), n 1,
@@ -124,6 +132,9 @@ typedef struct kiln_event {
     /* DONE */
     int32_t n_prompt_tokens;        /* usage.prompt_tokens */
     int32_t n_completion_tokens;    /* usage.completion_tokens, summed over choices */
+    int32_t n_cached_tokens;        /* usage.prompt_tokens_details.cached_tokens: prompt tokens
+                                     * whose KV came from the prefix cache at admission */
+    int64_t queue_ns;               /* submit to first admission (0 if never admitted) */
     /* ERROR */
     kiln_err err;
     const char *message;            /* NUL-terminated; "" for other types */
@@ -152,7 +163,8 @@ int32_t kiln_engine_max_model_len(const kiln_engine *e);
  * KILN_ERR_LIMIT: n_prompt + max_tokens (or n_prompt alone) exceeds kiln_engine_max_model_len;
  *   the message has the numbers ("maximum context length is 512 tokens, requested 600 tokens
  *   (100 in the prompt, 500 in the completion)"); *field = "max_tokens" or "prompt".
- * KILN_ERR_FULL: max_queued_requests accepted requests are already waiting (HTTP 503).
+ * KILN_ERR_FULL: max_queued_requests accepted requests are already waiting, or their prompts
+ *   plus this one exceed max_queued_tokens (HTTP 503 with Retry-After); nothing is counted.
  * KILN_ERR_NOMEM. On any error nothing was queued and no event will come. */
 kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
                             const char **field);
@@ -182,6 +194,7 @@ typedef struct kiln_engine_stats {
     uint64_t n_steps;               /* forward passes */
     uint64_t n_rows_forwarded;      /* batch rows over all steps */
     uint64_t n_prompt_tokens;       /* prompt rows forwarded (recomputation included) */
+    uint64_t n_prefix_cache_query_tokens; /* prompt tokens looked up in the prefix cache */
     uint64_t n_prefix_cache_hit_tokens; /* prompt tokens whose KV came from the prefix cache */
     uint64_t n_generated_tokens;    /* tokens sampled */
     uint64_t n_preemptions;         /* sequences evicted to free KV blocks */

@@ -167,6 +167,14 @@ const char *kiln_http_req_path(const kiln_http_req *r) { return r->path; }
 unsigned kiln_http_req_method(const kiln_http_req *r) { return r->method; }
 bool kiln_http_req_is_closed(const kiln_http_req *r) { return r->closed; }
 void kiln_http_req_set_user(kiln_http_req *r, void *user) { r->user = user; }
+const char *kiln_http_req_peer(kiln_http_req *r) {
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (!r->conn) return NULL;
+    evhttp_connection_get_peer(r->conn, &addr, &port);
+    return addr;
+}
+
 void *kiln_http_req_user(const kiln_http_req *r) { return r->user; }
 int kiln_http_n_active(const kiln_http *h) { return h->n_active; }
 

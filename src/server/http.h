@@ -68,6 +68,8 @@ unsigned kiln_http_req_method(const kiln_http_req *r);    /* KILN_HTTP_GET/POST 
 const char *kiln_http_req_header(kiln_http_req *r, const char *name); /* NULL when absent */
 /* The request body (contiguous, NUL-terminated, valid until the request ends). */
 const char *kiln_http_req_body(kiln_http_req *r, size_t *len);
+/* The client's IP address (owned by the connection, valid while the request is), or NULL. */
+const char *kiln_http_req_peer(kiln_http_req *r);
 /* True once the client went away: replies are then discarded (a timeout does not close). */
 bool kiln_http_req_is_closed(const kiln_http_req *r);
 /* Per-request user pointer for the handler. */

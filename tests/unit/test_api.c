@@ -402,7 +402,7 @@ static void chat_response_shape(void) {
         {.index = 1, .text = "x\xff", .n_text = 2, .finish = KILN_FINISH_LENGTH},
     };
     kiln_api_meta m = {.id = "chatcmpl-abc", .created = 1700000000, .model = "mod"};
-    kiln_api_usage u = {.prompt_tokens = 7, .completion_tokens = 3};
+    kiln_api_usage u = {.prompt_tokens = 7, .completion_tokens = 3, .cached_tokens = 5};
     kiln_buf b;
     kiln_buf_init(&b);
     CHECK_EQ_INT(kiln_api_format_chat(&m, c, 2, &u, v, &b), KILN_OK);
@@ -442,6 +442,7 @@ static void chat_response_shape(void) {
         CHECK_EQ_INT(JINT(us, "prompt_tokens"), 7);
         CHECK_EQ_INT(JINT(us, "completion_tokens"), 3);
         CHECK_EQ_INT(JINT(us, "total_tokens"), 10);
+        CHECK_EQ_INT(JINT(json_object_get(us, "prompt_tokens_details"), "cached_tokens"), 5);
         json_decref(o);
     }
     kiln_buf_deinit(&b);
@@ -670,7 +671,7 @@ static void alloc_failures(void) {
     kiln_api_choice c = {.index = 0, .text = "abc", .n_text = 3, .finish = KILN_FINISH_STOP,
                          .has_logprobs = true, .lps = lps, .n_lps = 2};
     kiln_api_meta m = {.id = "x", .created = 1, .model = "m"};
-    kiln_api_usage u = {1, 2};
+    kiln_api_usage u = {1, 2, 0};
     for (long n = 0; v && n < 200; n++) {
         kiln_buf b;
         kiln_buf_init(&b);

@@ -122,7 +122,8 @@ typedef struct req_out {
     int32_t n_terminal;
     kiln_event_type term;
     kiln_err err;
-    int32_t usage_prompt, usage_completion;
+    int32_t usage_prompt, usage_completion, usage_cached;
+    int32_t term_order;               /* 1 + terminal events seen before this one (any request) */
     int32_t n_events_after_terminal;
     int32_t n_deltas;
     int32_t n_prompt_events;          /* PROMPT_LOGPROBS events */
@@ -152,6 +153,8 @@ static void outs_free(req_out *o, int32_t n) {
         for (int c = 0; c < MAX_CHOICES; c++) kiln_buf_deinit(&o[i].ch[c].text);
     free(o);
 }
+
+static int32_t g_n_terminal; /* terminal events seen, for ordering */
 
 static void on_event(kiln_event *ev) {
     req_out *o = ev->user;
@@ -203,6 +206,9 @@ static void on_event(kiln_event *ev) {
         o->err = ev->err;
         o->usage_prompt = ev->n_prompt_tokens;
         o->usage_completion = ev->n_completion_tokens;
+        o->usage_cached = ev->n_cached_tokens;
+        o->term_order = ++g_n_terminal;
+        CHECK(ev->queue_ns >= 0);
         CHECK(ev->message != NULL);
     }
 }
@@ -1080,6 +1086,8 @@ static void random_mix_stress(void) {
 }
 
 /* Runs one greedy request on e and checks it against the reference; returns the stats after. */
+static int32_t g_last_cached; /* cached_tokens of the last run_greedy_on */
+
 static kiln_engine_stats run_greedy_on(kiln_engine *e, const int32_t *prompt, int32_t n_prompt,
                                        int32_t max_tokens, const char *what) {
     ref_out *ref = calloc(1, sizeof(*ref));
@@ -1095,6 +1103,7 @@ static kiln_engine_stats run_greedy_on(kiln_engine *e, const int32_t *prompt, in
     ref_greedy(prompt, n_prompt, max_tokens, -1, 0, -1, ref);
     CHECK_EQ_INT(o->term, KILN_EVENT_DONE);
     check_matches_ref(&o->ch[0], ref, what);
+    g_last_cached = o->usage_cached;
     outs_free(o, 1);
     free(ref);
     return st;
@@ -1121,6 +1130,8 @@ static void prefix_cache_reuse(void) {
     kiln_engine_stats s1 = run_greedy_on(e, p, n, 20, "repeat");
     int32_t hit = (n - 1) / 16 * 16;
     CHECK_EQ_INT(s1.n_prefix_cache_hit_tokens, hit);
+    CHECK_EQ_INT(g_last_cached, hit); /* the request's own usage.cached_tokens */
+    CHECK_EQ_INT(s1.n_prefix_cache_query_tokens, 2 * n);
     CHECK_EQ_INT(s1.n_prompt_tokens - s0.n_prompt_tokens, n - hit);
     /* Same first 32 tokens, another ending. */
     int32_t q[40];
@@ -1166,6 +1177,56 @@ static void prefix_cache_reuse(void) {
 }
 
 /* The notify callback runs after events are pushed. */
+/* Fair share: with one sequence slot, client A's backlog of 5 queued requests does not delay
+ * client B's request, which queued after them, by more than one of A's (round-robin admission).
+ * Queued prompt tokens are bounded: past max_queued_tokens submit answers FULL without counting
+ * the request; a prompt longer than the limit can never queue (LIMIT). */
+static void fair_share_and_queued_tokens(void) {
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.max_num_seqs = 1;
+    opts.kv_cache_bytes = 4 << 20;
+    opts.max_queued_tokens = 35;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    const int32_t prompt[6] = {1, 403, 407, 261, 378, 290};
+    req_out *o = outs_new(8);
+    g_n_terminal = 0;
+    kiln_request r;
+    greedy_request(&r, prompt, 5, 40);
+    r.ignore_eos = true;
+    r.client = "A";
+    /* A0 may be running or still queued when the rest arrive: either way B is admitted right
+     * after A's first queued request (round 0), not behind A's whole backlog. */
+    for (int i = 0; i <= 5; i++) submit_ok(e, &r, &o[i]);
+    r.client = "B";
+    submit_ok(e, &r, &o[6]); /* 30 or 35 queued prompt tokens: within the limit */
+    kiln_engine_stats before, after;
+    kiln_engine_stats_get(e, &before);
+    uint64_t id = 0;
+    r.user = &o[7];
+    r.n_prompt = 6; /* 36 or 41 > 35 */
+    CHECK_EQ_INT(kiln_engine_submit(e, &r, &id, NULL), KILN_ERR_FULL);
+    CHECK_EQ_INT(id, 0);
+    int32_t big[36];
+    for (int i = 0; i < 36; i++) big[i] = 300 + i;
+    r.prompt = big;
+    r.n_prompt = 36;
+    const char *field = NULL;
+    CHECK_EQ_INT(kiln_engine_submit(e, &r, &id, &field), KILN_ERR_LIMIT);
+    CHECK(field && !strcmp(field, "prompt"));
+    kiln_engine_stats_get(e, &after);
+    CHECK_EQ_INT(after.n_requests_submitted, before.n_requests_submitted);
+    collect(e, o, 7);
+    for (int i = 0; i < 7; i++) CHECK_EQ_INT(o[i].term, KILN_EVENT_DONE);
+    CHECK_EQ_INT(o[0].term_order, 1);
+    CHECK_MSG(o[6].term_order <= 3, "B finished %dth, behind A's backlog", (int)o[6].term_order);
+    for (int i = 2; i <= 5; i++) CHECK(o[i].term_order > o[6].term_order);
+    check_idle(e);
+    kiln_engine_free(e);
+    outs_free(o, 8);
+}
+
 static pthread_mutex_t g_notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_notified;
 static void notify_cb(void *ctx) {
@@ -1334,6 +1395,7 @@ int main(void) {
     RUN(chunked_prefill_and_prompt_logprobs);
     RUN(random_mix_stress);
     RUN(prefix_cache_reuse);
+    RUN(fair_share_and_queued_tokens);
     RUN(notify_and_free_in_flight);
     RUN(submit_allocation_failures);
     RUN(engine_allocation_failure);
