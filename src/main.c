@@ -14,7 +14,8 @@ static void usage(FILE *f) {
                "  detokenize print the text of the token ids on stdin\n"
                "  eval       dump the logits of a token id sequence (tests)\n"
                "  template   render a chat template with a JSON context\n"
-               "  bench      engine throughput: prompt and batched generation tokens/s\n");
+               "  bench      engine throughput: prompt and batched generation tokens/s\n"
+               "  bench serve  load-test an OpenAI-compatible server (TTFT, ITL, tokens/s)\n");
 }
 
 int main(int argc, char **argv) {
@@ -28,6 +29,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "eval")) return kiln_cmd_eval(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve")) return kiln_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "template")) return kiln_cmd_template(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench") && argc > 2 && !strcmp(argv[2], "serve"))
+        return kiln_cmd_bench_serve(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return kiln_cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
     usage(stderr);

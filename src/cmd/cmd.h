@@ -11,5 +11,6 @@ int kiln_cmd_detokenize(int argc, char **argv);
 int kiln_cmd_serve(int argc, char **argv);
 int kiln_cmd_template(int argc, char **argv);
 int kiln_cmd_bench(int argc, char **argv);
+int kiln_cmd_bench_serve(int argc, char **argv);
 
 #endif
