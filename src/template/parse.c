@@ -1351,6 +1351,21 @@ static kiln_err parse_statement(parser *p, node **out) {
         n->n_kids = targets.n;
         p->soft = false;
         TRY(parse_statements(p, end_with, true, &n->b));
+    } else if (!strcmp(kw, "print")) {
+        /* {% print a, b %} outputs each expression (not a tuple) */
+        adv(p);
+        n = mk(p, N_BODY, line);
+        if (!n) return NOMEM();
+        nlist outs = {0};
+        while (cur(p)->type != TK_BLOCK_END) {
+            if (outs.n) TRY(expect_op(p, ","));
+            node *o = mk(p, N_OUTPUT, cur(p)->line);
+            if (!o) return NOMEM();
+            TRY(parse_expression(p, true, &o->a));
+            if (!nl_push(p, &outs, o)) return NOMEM();
+        }
+        n->kids = outs.items;
+        n->n_kids = outs.n;
     } else if (!strcmp(kw, "break") || !strcmp(kw, "continue")) {
         adv(p);
         n = mk(p, kw[0] == 'b' ? N_BREAK : N_CONTINUE, line);
@@ -1401,7 +1416,7 @@ static kiln_err subparse(parser *p, const char *const *end_tokens, node **out) {
                 bool known = !strcmp(name->p, "for") || !strcmp(name->p, "if") || !strcmp(name->p, "set") ||
                              !strcmp(name->p, "macro") || !strcmp(name->p, "call") || !strcmp(name->p, "filter") ||
                              !strcmp(name->p, "generation") || !strcmp(name->p, "with") ||
-                             !strcmp(name->p, "break") || !strcmp(name->p, "continue");
+                             !strcmp(name->p, "break") || !strcmp(name->p, "continue") || !strcmp(name->p, "print");
                 if (!known) return fail_eof_or_unknown(p, name->p, end_tokens, name->line);
             }
             node *n = NULL;

@@ -327,6 +327,7 @@ SNIPPETS = [
     "{% for g in msgs | groupby('role') %}{{ g.grouper }}:{{ g.list | map(attribute='content') | join(',') }};{% endfor %}{% for k, items in [{'t': 'B'}, {'t': 'a'}, {'t': 'b'}, {}] | groupby('t', default='z') %}{{ k }}{{ items | length }}{% endfor %}{{ words | groupby('0') | list }}",
     "{{ [1, 2, 3, 4, 5] | slice(3) | list }}{{ [1, 2, 3, 4] | slice(3, 0) | list }}{{ 1000 | filesizeformat }} {{ 1 | filesizeformat }} {{ 1536 | filesizeformat(true) }} {{ 12345678 | filesizeformat }} {{ 10 | filesizeformat }}",
     "{{ '<p>Hello <b>World</b></p> <!-- x -->  &amp;  more\\n text' | striptags }}",
+    "{% print n %}|{% print 1, 'a' %}|{% if b %}{% print s | trim %}{% endif %}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
