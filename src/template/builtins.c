@@ -893,11 +893,13 @@ kiln_err bi_call_func(rstate *st, int line, tfunc *fn, call_args *ca, tval *out)
             for (size_t i = 0; i < ca->n_pos; i++) a[i] = ca->pos[i].t == TV_INT ? ca->pos[i].i : ca->pos[i].b;
         }
         if (a[2] == 0) return rt_error(st, line, KILN_ERR_INVALID, "range() arg 3 must not be zero");
-        /* range() is materialized: refuse more than 10M items (a loop over it would pass the
-         * iteration limit anyway) */
+        /* range() is materialized: refuse more items than the iteration limit (a loop over it
+         * would pass that limit anyway) */
         double cnt = a[2] > 0 ? ceil(((double)a[1] - (double)a[0]) / (double)a[2]) : ceil(((double)a[0] - (double)a[1]) / (double)-a[2]);
         if (cnt < 0) cnt = 0;
-        if (cnt > 1e7) return rt_error(st, line, KILN_ERR_LIMIT, "range too large (%.0f items)", cnt);
+        if (cnt > (double)rs_max_iterations(st))
+            return rt_error(st, line, KILN_ERR_LIMIT, "range of %.0f items exceeds the limit of %llu loop iterations", cnt,
+                            (unsigned long long)rs_max_iterations(st));
         tlist *l = tl_new(A(st), (size_t)cnt);
         if (!l) return rt_nomem(st, line);
         for (int64_t v = a[0]; a[2] > 0 ? v < a[1] : v > a[1]; v += a[2]) {

@@ -217,6 +217,7 @@ kiln_err rt_error(rstate *st, int line, kiln_err code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 arena *rs_arena(rstate *st);           /* the render's arena */
 size_t rs_max_output(rstate *st);      /* the output limit, for string builders */
+uint64_t rs_max_iterations(rstate *st); /* the loop iteration limit */
 /* Raises jinja2's UndefinedError for an undefined used where a value is required. */
 kiln_err rt_undef_error(rstate *st, int line, tval u);
 bool undef_message(sbuf *b, tval u);  /* jinja2's wording of why `u` is undefined */

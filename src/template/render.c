@@ -33,6 +33,7 @@ struct rstate {
 
 arena *rs_arena(rstate *st) { return &st->a; }
 size_t rs_max_output(rstate *st) { return st->lim.max_output_bytes; }
+uint64_t rs_max_iterations(rstate *st) { return st->lim.max_iterations; }
 
 void kiln_template_limits_default(kiln_template_limits *lim) {
     lim->max_output_bytes = 8u << 20;
