@@ -16,6 +16,7 @@ typedef struct scope {
     const char **names;
     tval *vals;
     size_t n, cap;
+    bool captured;         /* a macro or caller() closes over it: never reuse it */
 } scope;
 
 typedef enum ctl { CTL_NONE, CTL_BREAK, CTL_CONTINUE } ctl;
@@ -1068,10 +1069,11 @@ static kiln_err run_for(rstate *st, scope *sc, const node *n, tval iter, int dep
     if (n->e) { /* loop filter: evaluated per item with the target bound */
         tlist *kept = tl_new(&st->a, 0);
         if (!kept) return rt_nomem(st, n->line);
+        scope *fs = NULL;
         for (size_t i = 0; i < items->n; i++) {
             if ((err = count_iter(st, n->line))) return err;
-            scope *fs = scope_new(st, sc);
-            if (!fs) return rt_nomem(st, n->line);
+            if (fs && !fs->captured) fs->n = 0; /* reuse: a render's arena only grows */
+            else if (!(fs = scope_new(st, sc))) return rt_nomem(st, n->line);
             if ((err = assign(st, fs, n->a, items->items[i]))) return err;
             tval c;
             if ((err = eval(st, fs, n->e, &c))) return err;
@@ -1090,11 +1092,14 @@ static kiln_err run_for(rstate *st, scope *sc, const node *n, tval iter, int dep
     lp->for_node = n;
     lp->scope = sc;
     bool else_pending = true;
+    scope *is = NULL;
     for (size_t i = 0; i < items->n; i++) {
         if ((err = count_iter(st, n->line))) return err;
         lp->i = i;
-        scope *is = scope_new(st, sc);
-        if (!is) return rt_nomem(st, n->line);
+        /* each iteration starts from an empty scope (jinja2 semantics); its storage is reused
+         * unless a macro defined in the previous iteration closes over it */
+        if (is && !is->captured) is->n = 0;
+        else if (!(is = scope_new(st, sc))) return rt_nomem(st, n->line);
         tval lv = {.t = TV_LOOP};
         lv.loop = lp;
         if (!scope_set(st, is, "loop", lv)) return rt_nomem(st, n->line);
@@ -1190,6 +1195,11 @@ static kiln_err call_macro(rstate *st, int line, tmacro *m, call_args *ca, tval 
     return err;
 }
 
+/* A closure keeps its whole scope chain: none of those scopes may be reused by a loop. */
+static void capture_chain(scope *sc) {
+    for (; sc && !sc->captured; sc = sc->parent) sc->captured = true;
+}
+
 static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
     kiln_err err;
     tval v;
@@ -1233,6 +1243,7 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
         if (!m) return rt_nomem(st, n->line);
         m->def = n;
         m->closure = sc;
+        capture_chain(sc);
         tval mv = {.t = TV_MACRO};
         mv.m = m;
         if (!scope_set(st, sc, n->name, mv)) return rt_nomem(st, n->line);
@@ -1243,6 +1254,7 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
         if (!caller) return rt_nomem(st, n->line);
         caller->def = n;
         caller->closure = sc;
+        capture_chain(sc);
         tval fn;
         if ((err = eval(st, sc, n->a->a, &fn))) return err;
         call_args ca;

@@ -328,6 +328,7 @@ SNIPPETS = [
     "{{ [1, 2, 3, 4, 5] | slice(3) | list }}{{ [1, 2, 3, 4] | slice(3, 0) | list }}{{ 1000 | filesizeformat }} {{ 1 | filesizeformat }} {{ 1536 | filesizeformat(true) }} {{ 12345678 | filesizeformat }} {{ 10 | filesizeformat }}",
     "{{ '<p>Hello <b>World</b></p> <!-- x -->  &amp;  more\\n text' | striptags }}",
     "{% print n %}|{% print 1, 'a' %}|{% if b %}{% print s | trim %}{% endif %}",
+    "{% for i in l %}{% with j = i * 10 %}{% macro f() %}{{ i }}/{{ j }}{% endmacro %}{{ f() }};{% endwith %}{% macro g(k) %}{{ i + k }}{% endmacro %}{{ g(1) }},{% endfor %}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 

@@ -135,6 +135,10 @@ static void test_hostile_loops(void) {
     expect_error("{% for x in range(1000) %}{% for y in range(1000) %}{{ x }}{% endfor %}{% endfor %}", NULL, &lim,
                  KILN_ERR_LIMIT, NULL);
     expect_error("{{ 10 ** 100 }}", NULL, &lim, KILN_ERR_LIMIT, "overflow");
+    /* long but legitimate loops stay within the default memory limit: iteration scopes are
+     * reused, not accumulated */
+    expect_render("{% set ns = namespace(n=0) %}{% for i in range(300000) %}{% set x = i %}{% set ns.n = x %}"
+                  "{% endfor %}{{ ns.n }}", NULL, "299999");
 }
 
 static void test_hostile_recursion(void) {
