@@ -171,7 +171,7 @@ typedef struct node node;
 struct node {
     uint8_t kind;        /* node_kind */
     uint8_t op;          /* binop, or flags */
-    bool flag;           /* N_TEST: negated; N_FOR: recursive; N_FILTER/N_TEST: soft (if-frame) */
+    bool flag;           /* N_TEST: negated; N_FOR: recursive; N_FILTER: soft (if-frame); N_WITH: a block */
     int line;            /* 1-based template line */
     const char *name;    /* NUL-terminated: variable, attribute, filter, test, macro name */
     node *a, *b, *c, *d, *e;

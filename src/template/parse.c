@@ -1351,6 +1351,28 @@ static kiln_err parse_statement(parser *p, node **out) {
         n->n_kids = targets.n;
         p->soft = false;
         TRY(parse_statements(p, end_with, true, &n->b));
+    } else if (!strcmp(kw, "block")) {
+        /* a standalone template renders its blocks in place, in a scope of their own that sees
+         * the template's top level (and the enclosing scope only when `scoped`) */
+        static const char *const end_block[] = {"endblock", NULL};
+        adv(p);
+        if (cur(p)->type != TK_NAME) return expect_type(p, TK_NAME, "name");
+        const char *bname = cur(p)->p;
+        adv(p);
+        n = mk(p, N_WITH, line);
+        if (!n) return NOMEM();
+        n->flag = true;
+        if (is_name(cur(p), "scoped")) {
+            n->flag = false;
+            adv(p);
+        }
+        if (is_name(cur(p), "required")) adv(p);
+        p->soft = false;
+        TRY(parse_statements(p, end_block, true, &n->b));
+        if (cur(p)->type == TK_NAME) {
+            if (strcmp(cur(p)->p, bname)) return syntax(cur(p)->line, "expected token 'end of statement block', got '%s'", cur(p)->p);
+            adv(p);
+        }
     } else if (!strcmp(kw, "print")) {
         /* {% print a, b %} outputs each expression (not a tuple) */
         adv(p);
@@ -1416,7 +1438,8 @@ static kiln_err subparse(parser *p, const char *const *end_tokens, node **out) {
                 bool known = !strcmp(name->p, "for") || !strcmp(name->p, "if") || !strcmp(name->p, "set") ||
                              !strcmp(name->p, "macro") || !strcmp(name->p, "call") || !strcmp(name->p, "filter") ||
                              !strcmp(name->p, "generation") || !strcmp(name->p, "with") ||
-                             !strcmp(name->p, "break") || !strcmp(name->p, "continue") || !strcmp(name->p, "print");
+                             !strcmp(name->p, "break") || !strcmp(name->p, "continue") || !strcmp(name->p, "print") ||
+                             !strcmp(name->p, "block");
                 if (!known) return fail_eof_or_unknown(p, name->p, end_tokens, name->line);
             }
             node *n = NULL;

@@ -1282,7 +1282,7 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
         return emit_str(st, n->line, v.s.p, v.s.n);
     }
     case N_WITH: {
-        scope *ws = scope_new(st, sc);
+        scope *ws = scope_new(st, n->flag ? st->root : sc); /* flag: a block, scoped to the top level */
         if (!ws) return rt_nomem(st, n->line);
         for (size_t i = 0; i < n->n_kids; i++) {
             if ((err = eval(st, sc, n->kids[i]->a, &v))) return err;
