@@ -93,9 +93,17 @@ def main():
             " (threads: %s) on random-weight models with the real shapes (tools/gen_model.py presets)."
             % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), pp[0][2:] if pp else "0",
                tg[0][2:] if tg else "0", reps, threads),
+            "Source: commit %s%s." % (sh("git rev-parse --short HEAD").strip() or "?",
+                                        " plus uncommitted changes" if sh("git status --short --untracked-files=no src").strip() else ""),
             "Each figure: median of %d runs, and in parentheses the best run (min time). tg is the"
             " aggregate over the batch (b sequences decoding together from an empty cache)." % reps,
             "",
+        ]
+        if tg and tg[0] != "tg64":
+            lines += ["Note: this run used %s (`BENCH_N=%s`) to fit in the time available on a loaded"
+                      " machine; llama.cpp's reference figures below are tg64 (decode speed changes"
+                      " little between 16 and 64 cached positions at these sizes)." % (tg[0], tg[0][2:]), ""]
+        lines += [
             "## Machine", "",
             "| | |", "|---|---|",
             "| CPU | %s |" % m["model"],
@@ -182,9 +190,11 @@ def main():
                 lines.append("| %s | %.0f | %s |" % (TYPE_LABEL.get(r["wtype"], r["wtype"]),
                                                      r["weight_bytes"] / 1048576, " | ".join(cells)))
             lines.append("")
-            lines.append("%% of bw: weight + KV bytes read per decode step x steps/s, over the measured"
-                         " read bandwidth; %% of FMA peak: 2 x params + attention FLOPs per token x"
-                         " tok/s, over the measured FP32 FMA peak.")
+            lines.append("% of bw: weight + KV bytes read per decode step x steps/s, over the measured"
+                         " read bandwidth (the ceiling of batch-1 decode). % of FMA peak: 2 x params +"
+                         " attention FLOPs per token x tok/s, over the measured FP32 FMA peak (the"
+                         " int8 kernels of the quantized types can exceed it: the machine's int8 dot"
+                         " peak is ~4x its FP32 FMA peak).")
             lines.append("")
             if checks:
                 lines += ["Targets of issue 6 (this run):", "", "| target | measured | |", "|---|---:|---|"]

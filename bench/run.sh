@@ -50,5 +50,11 @@ for entry in "${list[@]}"; do
     "$py" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  " + ", ".join("%s %.1f" % (x["test"], x["tps_median"]) for x in r["results"]))' "$j"
 done
 echo "benchmarks took $((SECONDS - t0)) s"
+# the report covers every model with a result, those of earlier (filtered) runs included
+jsons=()
+for entry in "${list[@]}"; do
+    set -- $entry
+    [ -f "$out/${1%.gguf}.json" ] && jsons+=("$out/${1%.gguf}.json")
+done
 "$py" bench/report.py BENCHMARKS.md "${jsons[@]}"
 echo "wrote BENCHMARKS.md"
