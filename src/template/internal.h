@@ -154,7 +154,7 @@ int tv_compare(tval a, tval b, bool *ok);  /* <0, 0, >0; ok false when not order
 typedef enum node_kind {
     /* statements */
     N_BODY, N_TEXT, N_OUTPUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_CALLBLOCK,
-    N_FILTERBLOCK, N_BREAK, N_CONTINUE, N_WITH,
+    N_FILTERBLOCK, N_BREAK, N_CONTINUE, N_WITH, N_NOLOADER,
     /* expressions */
     N_LIT, N_NAME, N_GETATTR, N_GETITEM, N_SLICE, N_CALL, N_FILTER, N_TEST, N_BINOP, N_NEG,
     N_POS, N_NOT, N_AND, N_OR, N_COMPARE, N_CONCAT, N_CONDEXPR, N_LIST, N_TUPLE, N_DICT,

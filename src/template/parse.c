@@ -1373,6 +1373,12 @@ static kiln_err parse_statement(parser *p, node **out) {
             if (strcmp(cur(p)->p, bname)) return syntax(cur(p)->line, "expected token 'end of statement block', got '%s'", cur(p)->p);
             adv(p);
         }
+    } else if (!strcmp(kw, "include") || !strcmp(kw, "import") || !strcmp(kw, "from") || !strcmp(kw, "extends")) {
+        /* transformers' environment has no loader: these fail when reached, as in jinja2 */
+        adv(p);
+        n = mk(p, N_NOLOADER, line);
+        if (!n) return NOMEM();
+        while (cur(p)->type != TK_BLOCK_END && cur(p)->type != TK_EOF) adv(p);
     } else if (!strcmp(kw, "print")) {
         /* {% print a, b %} outputs each expression (not a tuple) */
         adv(p);
@@ -1439,7 +1445,8 @@ static kiln_err subparse(parser *p, const char *const *end_tokens, node **out) {
                              !strcmp(name->p, "macro") || !strcmp(name->p, "call") || !strcmp(name->p, "filter") ||
                              !strcmp(name->p, "generation") || !strcmp(name->p, "with") ||
                              !strcmp(name->p, "break") || !strcmp(name->p, "continue") || !strcmp(name->p, "print") ||
-                             !strcmp(name->p, "block");
+                             !strcmp(name->p, "block") || !strcmp(name->p, "include") || !strcmp(name->p, "import") ||
+                             !strcmp(name->p, "from") || !strcmp(name->p, "extends");
                 if (!known) return fail_eof_or_unknown(p, name->p, end_tokens, name->line);
             }
             node *n = NULL;

@@ -1290,6 +1290,7 @@ static kiln_err exec_stmt(rstate *st, scope *sc, const node *n) {
         }
         return exec_body(st, ws, n->b);
     }
+    case N_NOLOADER: return rt_error(st, n->line, KILN_ERR_INVALID, "no loader for this environment specified");
     case N_BREAK: st->ctl = CTL_BREAK; return KILN_OK;
     case N_CONTINUE: st->ctl = CTL_CONTINUE; return KILN_OK;
     default:

@@ -330,6 +330,9 @@ SNIPPETS = [
     "{% print n %}|{% print 1, 'a' %}|{% if b %}{% print s | trim %}{% endif %}",
     "{% for i in l %}{% with j = i * 10 %}{% macro f() %}{{ i }}/{{ j }}{% endmacro %}{{ f() }};{% endwith %}{% macro g(k) %}{{ i + k }}{% endmacro %}{{ g(1) }},{% endfor %}",
     "{% set x = 1 %}{% block b %}[{{ x }}]{% set y = 2 %}{% endblock %}{{ y }}|{% for i in l %}{% block c %}{{ i }}{% endblock %}{% endfor %}|{% for i in l %}{% block e scoped %}{{ i }}{% endblock e %}{% endfor %}",
+    "{% if false %}{% include 'x' %}{% import 'x' as y %}{% from 'x' import a, b as c %}{% endif %}ok",
+    "a{% include 'x.jinja' ignore missing with context %}b",
+    "{% extends 'base.jinja' %}z",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
