@@ -1901,5 +1901,49 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         *out = r;
         return KILN_OK;
     }
+    if (!strcmp(name, "urlencode")) {
+        /* werkzeug-style url_quote: UTF-8 bytes, unreserved kept, '/' kept outside query pairs */
+        tval pairs_v = tv_undef();
+        bool single = v.t == TV_STR || !(v.t == TV_LIST || v.t == TV_DICT);
+        sbuf b;
+        sb_init(&b, A(st), rs_max_output(st));
+        tlist *pairs = NULL;
+        if (!single) {
+            if (v.t == TV_DICT) {
+                if ((err = items_list(st, line, v.d, &pairs_v))) return err;
+                pairs = pairs_v.l;
+            } else {
+                pairs = v.l;
+            }
+        }
+        size_t n_parts = single ? 1 : pairs->n * 2;
+        for (size_t k = 0; k < n_parts; k++) {
+            tval part;
+            if (single) {
+                part = v;
+            } else {
+                tval pair = pairs->items[k / 2];
+                if (pair.t != TV_LIST || pair.l->n != 2)
+                    return rt_error(st, line, KILN_ERR_INVALID, "urlencode expects pairs");
+                part = pair.l->items[k % 2];
+                if (k) sb_addc(&b, k % 2 ? '=' : '&');
+            }
+            tval ps;
+            if ((err = rt_to_str(st, line, part, &ps))) return err;
+            for (size_t q = 0; q < ps.s.n; q++) {
+                unsigned char c = (unsigned char)ps.s.p[q];
+                if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("_.-~", c) ||
+                    (single && c == '/'))
+                    sb_addc(&b, (char)c);
+                else if (c == ' ' && !single)
+                    sb_addc(&b, '+');
+                else
+                    sb_printf(&b, "%%%02X", c);
+            }
+        }
+        if (b.failed) return rt_sb_fail(st, &b, line);
+        *out = sb_val(&b);
+        return KILN_OK;
+    }
     return rt_error(st, line, KILN_ERR_UNSUPPORTED, "filter '%s' is not supported by kiln", name);
 }

@@ -333,6 +333,7 @@ SNIPPETS = [
     "{% if false %}{% include 'x' %}{% import 'x' as y %}{% from 'x' import a, b as c %}{% endif %}ok",
     "a{% include 'x.jinja' ignore missing with context %}b",
     "{% extends 'base.jinja' %}z",
+    "{{ 'a b/c?d=é&x' | urlencode }}|{{ {'q': 'a b', 'n': 1, 'u': 'ü/'} | urlencode }}|{{ [('k', 'v w'), ('z', 2)] | urlencode }}|{{ 42 | urlencode }}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
