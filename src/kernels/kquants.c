@@ -238,11 +238,12 @@ TGT static void quantize_act(const float *x, int64_t n, int8_t *q, float *d, flo
     }
 }
 
-/* Sets the scale / offset of 16-element group k: aexp holds each scale for 4 int32 lanes. */
-static inline void set_ab(float *aexp, float *b16, int64_t k, float a, float b) {
-    float *e = aexp + 4 * k;
-    e[0] = e[1] = e[2] = e[3] = a;
-    b16[k] = b;
+/* Sets the scales / offsets of the two 16-element halves of 32-element group g: aexp holds each
+ * scale for the 4 int32 lanes of its half (one vector store). */
+TGT static inline void set_ab32(float *aexp, float *b16, int64_t g, float a0, float b0, float a1, float b1) {
+    _mm256_storeu_ps(aexp + 8 * g, _mm256_set_m128(_mm_set1_ps(a1), _mm_set1_ps(a0)));
+    b16[2 * g] = b0;
+    b16[2 * g + 1] = b1;
 }
 
 /* One weight row of type t (n_in elements) -> q (n_in,) u8, aexp (n_in / 4,), b16 (n_in / 16,). */
@@ -278,9 +279,8 @@ TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8
             for (int j = 0; j < 8; j++) {
                 int sc, m;
                 scale_min(scales, j, &sc, &m);
-                int64_t k = ib * 16 + 2 * j;
-                set_ab(aexp, b16, k, d * (float)sc, -dmin * (float)m);
-                set_ab(aexp, b16, k + 1, d * (float)sc, -dmin * (float)m);
+                float a = d * (float)sc, bo = -dmin * (float)m;
+                set_ab32(aexp, b16, ib * 8 + j, a, bo, a, bo);
             }
         }
         break;
@@ -306,9 +306,9 @@ TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8
                 _mm256_storeu_si256((__m256i *)(o + 128 * h + 64), g2);
                 _mm256_storeu_si256((__m256i *)(o + 128 * h + 96), g3);
             }
-            for (int k = 0; k < 16; k++) {
-                float a = d * (float)b->scales[k];
-                set_ab(aexp, b16, ib * 16 + k, a, -32.0f * a);
+            for (int g = 0; g < 8; g++) {
+                float a0 = d * (float)b->scales[2 * g], a1 = d * (float)b->scales[2 * g + 1];
+                set_ab32(aexp, b16, ib * 8 + g, a0, -32.0f * a0, a1, -32.0f * a1);
             }
         }
         break;
@@ -339,8 +339,7 @@ TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8
                 w = _mm256_or_si256(w, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
             }
             _mm256_storeu_si256((__m256i *)(q + 32 * ib), w);
-            set_ab(aexp, b16, 2 * ib, a, bo);
-            set_ab(aexp, b16, 2 * ib + 1, a, bo);
+            set_ab32(aexp, b16, ib, a, bo, a, bo);
         }
         break;
     }
