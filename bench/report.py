@@ -63,6 +63,16 @@ def load_of(path):
         return None
 
 
+def source(json_path):
+    """The commit bench/run.sh recorded when it started (source.txt beside the reports)."""
+    try:
+        with open(os.path.join(os.path.dirname(json_path), "source.txt")) as f:
+            lines = f.read().split("\n", 1)
+        return lines[0].strip() + (" plus uncommitted changes in src/" if len(lines) > 1 and lines[1].strip() else "")
+    except OSError:
+        return "unknown"
+
+
 def fmt(x, nd=1):
     return ("%%.%df" % nd) % x
 
@@ -93,8 +103,7 @@ def main():
             " (threads: %s) on random-weight models with the real shapes (tools/gen_model.py presets)."
             % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), pp[0][2:] if pp else "0",
                tg[0][2:] if tg else "0", reps, threads),
-            "Source: commit %s%s." % (sh("git rev-parse --short HEAD").strip() or "?",
-                                        " plus uncommitted changes" if sh("git status --short --untracked-files=no src").strip() else ""),
+            "Source: commit %s." % source(paths[0]),
             "Each figure: median of %d runs, and in parentheses the best run (min time). tg is the"
             " aggregate over the batch (b sequences decoding together from an empty cache)." % reps,
             "",

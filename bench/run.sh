@@ -34,6 +34,8 @@ list=()
 for t in f16 q8_0 q4_0 q4_k_m; do
     list+=("tl-$t.gguf tinyllama-1.1b $t" "smol-$t.gguf smollm-135m $t")
 done
+# the source the figures come from, for the report
+{ git rev-parse --short HEAD 2>/dev/null || echo "?"; git status --short --untracked-files=no src 2>/dev/null | head -c 1; } >"$out/source.txt"
 jsons=()
 t0=$SECONDS
 for entry in "${list[@]}"; do
