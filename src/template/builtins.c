@@ -1945,5 +1945,23 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         *out = sb_val(&b);
         return KILN_OK;
     }
+    if (!strcmp(name, "xmlattr")) {
+        if (v.t != TV_DICT) return rt_error(st, line, KILN_ERR_INVALID, "'%s' object has no attribute 'items'", tv_type_name(v));
+        bool autospace = tv_truthy(arg_or(ca, 0, "autospace", tv_bool(true)));
+        sbuf b;
+        sb_init(&b, A(st), rs_max_output(st));
+        bool any = false;
+        for (size_t k = 0; k < v.d->n; k++) {
+            tval val = v.d->vals[k], ek, ev;
+            if (val.t == TV_NONE || val.t == TV_UNDEF) continue;
+            if ((err = rt_escape(st, line, v.d->keys[k], &ek)) || (err = rt_escape(st, line, val, &ev))) return err;
+            if ((any || autospace) && !sb_addc(&b, ' ')) return rt_sb_fail(st, &b, line);
+            if (!sb_add(&b, ek.s.p, ek.s.n) || !sb_adds(&b, "=\"") || !sb_add(&b, ev.s.p, ev.s.n) || !sb_addc(&b, '"'))
+                return rt_sb_fail(st, &b, line);
+            any = true;
+        }
+        *out = sb_val(&b);
+        return KILN_OK;
+    }
     return rt_error(st, line, KILN_ERR_UNSUPPORTED, "filter '%s' is not supported by kiln", name);
 }

@@ -334,6 +334,7 @@ SNIPPETS = [
     "a{% include 'x.jinja' ignore missing with context %}b",
     "{% extends 'base.jinja' %}z",
     "{{ 'a b/c?d=é&x' | urlencode }}|{{ {'q': 'a b', 'n': 1, 'u': 'ü/'} | urlencode }}|{{ [('k', 'v w'), ('z', 2)] | urlencode }}|{{ 42 | urlencode }}",
+    "<a{{ {'href': 'x?a=1&b=\"2\"', 'n': none, 'id': 3} | xmlattr }}>|{{ {'a': 1} | xmlattr(false) }}|{{ {} | xmlattr }}|",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
