@@ -37,6 +37,7 @@ typedef struct bargs {
     int tok_lo, tok_hi; /* random prompt ids in [lo, hi) */
     uint64_t seed;
     bool json;
+    bool logprobs;      /* ask for logprobs 0: every token its own counted chunk */
     int timeout_s;
 } bargs;
 
@@ -44,6 +45,7 @@ typedef struct rresult {
     bool ok;
     char err[320];
     double t_start, ttft, e2e;  /* seconds */
+    double tpot;                /* (e2e - ttft) / (n_out - 1), 0 when n_out < 2 */
     int n_out;                  /* completion tokens (usage, else chunks) */
     double *itl;                /* (n_itl,) gaps between content chunks */
     int n_itl, cap_itl;
@@ -134,9 +136,13 @@ static void on_data(stream *st, char *data, double t) {
     json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
     json_t *text = json_object_get(ch, "text");
     if (!text) text = json_object_get(json_object_get(ch, "delta"), "content");
-    if (json_is_string(text) && json_string_length(text) > 0) {
+    /* With logprobs, a chunk counts its tokens (its text may be empty: held-back UTF-8). */
+    json_t *lpt = json_object_get(json_object_get(ch, "logprobs"), "tokens");
+    int k = json_is_array(lpt) ? (int)json_array_size(lpt) : 0;
+    if (k > 0 || (json_is_string(text) && json_string_length(text) > 0)) {
         if (st->n_chunks == 0) st->r->ttft = t - st->t_start;
-        else push_itl(st->r, t - st->t_last);
+        else
+            for (int j = 0; j < KILN_MAX(k, 1); j++) push_itl(st->r, (t - st->t_last) / KILN_MAX(k, 1));
         st->t_last = t;
         st->n_chunks++;
     }
@@ -287,8 +293,11 @@ static void run_one(bench *b, int i) {
         snprintf(r->err, sizeof(r->err), "HTTP %d: %.100s", status, bodybuf ? bodybuf : "");
     } else if (!st.done && !r->err[0]) {
         snprintf(r->err, sizeof(r->err), "stream ended without [DONE]");
-    } else if (!r->err[0] && st.n_chunks > 0) {
+    } else if (!r->err[0] && (st.n_chunks > 0 || r->n_out > 0)) {
+        /* Tokens whose text never showed (held back or special): first visible at the end. */
+        if (st.n_chunks == 0) r->ttft = r->e2e;
         if (r->n_out == 0) r->n_out = st.n_chunks;
+        if (r->n_out > 1) r->tpot = (r->e2e - r->ttft) / (r->n_out - 1);
         r->ok = true;
     } else if (!r->err[0]) {
         snprintf(r->err, sizeof(r->err), "no tokens received");
@@ -326,9 +335,9 @@ static char *make_body(const bargs *a, const int32_t *prefix, kiln_rng *rng, int
     }
     if (!err)
         err = kiln_buf_printf(&b,
-                              "],\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+                              "],\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,%s"
                               "\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
-                              a->output_len);
+                              a->output_len, a->logprobs ? "\"logprobs\":0," : "");
     if (err) {
         kiln_buf_deinit(&b);
         return NULL;
@@ -381,6 +390,8 @@ static void bench_serve_usage(FILE *f) {
             "  --seed S               prompt RNG seed (default 0)\n"
             "  --api-key KEY          bearer key (also $OPENAI_API_KEY)\n"
             "  --timeout S            socket timeout per request (default 600)\n"
+            "  --logprobs             ask for logprobs 0, so that every token arrives in a chunk\n"
+            "                         of its own (ITL per token even when text is held back)\n"
             "  --json                 machine-readable output\n");
 }
 
@@ -454,6 +465,9 @@ static int parse_args(int argc, char **argv, bargs *a) {
             char *end;
             a->seed = v ? strtoull(v, &end, 10) : 0;
             ok = v && end != v && !*end;
+        } else if (!strcmp(o, "--logprobs")) {
+            a->logprobs = true;
+            takes = false;
         } else if (!strcmp(o, "--json")) {
             a->json = true;
             takes = false;
@@ -549,19 +563,23 @@ int kiln_cmd_bench_serve(int argc, char **argv) {
         if (b.res[i].ok) v[n++] = b.res[i].e2e;
     summary s_e2e = summarize(v, n);
     summary s_itl = summarize(itl, n_itl);
+    n = 0;
+    for (int i = 0; i < N; i++)
+        if (b.res[i].ok && b.res[i].n_out > 1) v[n++] = b.res[i].tpot;
+    summary s_tpot = summarize(v, n);
     const char *first_err = NULL;
     for (int i = 0; i < N && !first_err; i++)
         if (!b.res[i].ok) first_err = b.res[i].err;
     double req_tps = n_ok / dur, out_tps = (double)out_tok / dur;
     if (a->json) {
         json_t *o = json_pack(
-            "{s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:f, s:I, s:f, s:f, s:o, s:o, s:o}",
+            "{s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:f, s:I, s:f, s:f, s:o, s:o, s:o, s:o}",
             "model", a->model, "concurrency", a->concurrency, "num_prompts", N, "input_len",
             a->input_len, "output_len", a->output_len, "shared_prefix_len", a->prefix_len,
             "request_rate", a->rate, "completed", n_ok, "failed", N - n_ok, "duration_s", dur,
             "output_tokens", (json_int_t)out_tok, "request_throughput", req_tps,
             "output_throughput", out_tps, "ttft_ms", summary_json(&s_ttft), "itl_ms",
-            summary_json(&s_itl), "e2e_ms", summary_json(&s_e2e));
+            summary_json(&s_itl), "tpot_ms", summary_json(&s_tpot), "e2e_ms", summary_json(&s_e2e));
         if (o && first_err) json_object_set_new(o, "first_error", json_string(first_err));
         char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (txt) printf("%s\n", txt);
@@ -580,14 +598,15 @@ int kiln_cmd_bench_serve(int argc, char **argv) {
         printf("%-40s %lld\n", "Total generated tokens:", out_tok);
         printf("%-40s %.2f\n", "Request throughput (req/s):", req_tps);
         printf("%-40s %.2f\n", "Output token throughput (tok/s):", out_tps);
-        const char *names[3] = {"Time to First Token", "Inter-token Latency", "End-to-end Latency"};
-        const char *tags[3] = {"TTFT", "ITL", "E2EL"};
-        const summary *ss[3] = {&s_ttft, &s_itl, &s_e2e};
-        for (int k = 0; k < 3; k++) {
-            printf("%s\n", names[k]);
-            printf("%-40s %.2f\n", k == 0 ? "Mean TTFT (ms):" : k == 1 ? "Mean ITL (ms):" : "Mean E2EL (ms):",
-                   ss[k]->mean * 1e3);
+        const char *names[4] = {"Time to First Token", "Time per Output Token (excl. 1st token)",
+                                "Inter-token Latency", "End-to-end Latency"};
+        const char *tags[4] = {"TTFT", "TPOT", "ITL", "E2EL"};
+        const summary *ss[4] = {&s_ttft, &s_tpot, &s_itl, &s_e2e};
+        for (int k = 0; k < 4; k++) {
             char l[64];
+            printf("%s\n", names[k]);
+            snprintf(l, sizeof(l), "Mean %s (ms):", tags[k]);
+            printf("%-40s %.2f\n", l, ss[k]->mean * 1e3);
             snprintf(l, sizeof(l), "P50 %s (ms):", tags[k]);
             printf("%-40s %.2f\n", l, ss[k]->p50 * 1e3);
             snprintf(l, sizeof(l), "P90 %s (ms):", tags[k]);

@@ -79,7 +79,7 @@ fail=${f:-0}
 # completed, latencies ordered; a wrong model name makes every request fail (exit status 1).
 py=${PYTHON:-/usr/bin/python3}
 if j=$("$bin" bench serve --url "$KILN_URL_MAIN" --model stories260K --concurrency 4 \
-        --num-prompts 12 --input-len 48 --output-len 16 --shared-prefix-len 32 --json) &&
+        --num-prompts 12 --input-len 48 --output-len 16 --shared-prefix-len 32 --logprobs --json) &&
     "$py" -c '
 import json, sys
 r = json.loads(sys.argv[1])
@@ -87,7 +87,7 @@ assert r["completed"] == 12 and r["failed"] == 0, r
 assert r["output_tokens"] == 12 * 16, r
 assert 0 < r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"], r
 assert r["ttft_ms"]["p50"] <= r["ttft_ms"]["p90"] <= r["ttft_ms"]["p99"], r
-assert r["itl_ms"]["mean"] > 0 and r["output_throughput"] > 0, r
+assert r["itl_ms"]["mean"] > 0 and r["tpot_ms"]["p50"] > 0 and r["output_throughput"] > 0, r
 ' "$j"; then
     echo "ok   bench serve: 12 requests x 16 tokens, JSON summary consistent"
     pass=$((pass + 1))
