@@ -76,11 +76,15 @@ test('queued requests: 503 + Retry-After when the queue is full; closing a queue
     m.kiln_requests_cancelled_total === m0.kiln_requests_cancelled_total + 1, URL_TIGHT);
   assert.equal(m1.kiln_num_requests_waiting, 0);
   assert.equal(m1.kiln_requests_cancelled_total, m0.kiln_requests_cancelled_total + 1);
-  assert.equal(m1.kiln_requests_finished_total, m0.kiln_requests_finished_total, 'A is still running');
-  a.controller.abort();
-  const m2 = await waitMetrics((m) => idle(m) && m.kiln_requests_cancelled_total === m0.kiln_requests_cancelled_total + 2, URL_TIGHT);
+  // A was not touched by B's cancellation: it runs to its full length (on a fast machine it may
+  // already have finished by now, so read it to the end rather than asserting it still runs).
+  let finish = null;
+  for (let r = await ita.next(); !r.done; r = await ita.next())
+    if (r.value.choices.length && r.value.choices[0].finish_reason) finish = r.value.choices[0].finish_reason;
+  assert.equal(finish, 'length', 'A ran to max_tokens');
+  const m2 = await waitMetrics((m) => idle(m) && m.kiln_requests_finished_total === m0.kiln_requests_finished_total + 1, URL_TIGHT);
   assertIdle(m2);
-  assert.equal(m2.kiln_requests_cancelled_total, m0.kiln_requests_cancelled_total + 2);
+  assert.equal(m2.kiln_requests_cancelled_total, m0.kiln_requests_cancelled_total + 1, 'only B was cancelled');
   // and the server serves the next request normally
   const d = await ai.completions.create({ model: MODEL, prompt: 'Once upon a time', max_tokens: 4, temperature: 0 });
   assert.equal(d.usage.completion_tokens, 4);
