@@ -28,13 +28,13 @@ run_suite() { # name, command...
     "$@" >"$log" 2>&1
     local rc=$?
     local p f line
-    line=$(grep -E '(^|: )[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+    line=$(grep -aE '(^|: )[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
     if [ -n "$line" ]; then
         p=$(sed -E 's/.*(^|: )([0-9]+) passed, ([0-9]+) failed.*/\2/' <<<"$line")
         f=$(sed -E 's/.*(^|: )([0-9]+) passed, ([0-9]+) failed.*/\3/' <<<"$line")
-    elif grep -qE '^# pass [0-9]+' "$log"; then
-        p=$(grep -E '^# pass [0-9]+' "$log" | tail -n 1 | awk '{print $3}')
-        f=$(grep -E '^# fail [0-9]+' "$log" | tail -n 1 | awk '{print $3}')
+    elif grep -aqE '^# pass [0-9]+' "$log"; then
+        p=$(grep -aE '^# pass [0-9]+' "$log" | tail -n 1 | awk '{print $3}')
+        f=$(grep -aE '^# fail [0-9]+' "$log" | tail -n 1 | awk '{print $3}')
     else
         p=0; f=0
     fi

@@ -6,6 +6,7 @@
 #include "sample/sample.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +136,7 @@ static uint64_t entropy_seed(void) {
     uint64_t seed = 0;
     if (getentropy(&seed, sizeof(seed)) != 0) {
         static _Atomic uint64_t counter;
-        seed = kiln_now_ns() ^ (counter += 0x9e3779b97f4a7c15ull);
+        seed = kiln_now_ns() ^ (atomic_fetch_add(&counter, 0x9e3779b97f4a7c15ull) + 0x9e3779b97f4a7c15ull);
     }
     return seed;
 }
