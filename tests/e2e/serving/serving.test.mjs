@@ -237,23 +237,28 @@ test('queue overflow: 503 with Retry-After before any work, nothing charged; a p
 });
 
 test("fair share: one client's backlog does not starve another client's request", async () => {
-  const busy = stream(FAIR, 'Once upon a time', { max_tokens: 450, ignore_eos: true },
+  // One sequence at a time. alice's first request (n = 50 choices of 450 tokens, run one after
+  // the other) holds the engine until it is aborted, while 16 more of hers queue; then bob's
+  // single request arrives. Round-robin admits bob right after alice's first queued request;
+  // FIFO would put him behind all 16.
+  const busy = stream(FAIR, 'Once upon a time', { max_tokens: 450, ignore_eos: true, n: 50 },
     { 'X-Client-Name': 'alice' });
   await busy.first;
   const order = [];
   const track = (name, p) => p.then(() => order.push(name));
   const all = [];
-  for (let i = 0; i < 5; i++)
+  for (let i = 0; i < 16; i++)
     all.push(track(`alice${i}`, complete(FAIR, `Alice story ${i}`, { max_tokens: 24, ignore_eos: true },
       { 'X-Client-Name': 'alice' })));
-  await waitFor(async () => (await metrics(FAIR))['vllm:num_requests_waiting'] === 5, '5 waiting');
+  await waitFor(async () => (await metrics(FAIR)).kiln_num_requests_active === 17, '17 active');
   all.push(track('bob', complete(FAIR, 'Bob story', { max_tokens: 24, ignore_eos: true },
     { 'X-Client-Name': 'bob' })));
-  await waitFor(async () => (await metrics(FAIR))['vllm:num_requests_waiting'] === 6, '6 waiting');
-  busy.abort(); // the queue now drains: alice0 and bob share the first round
+  await waitFor(async () => (await metrics(FAIR)).kiln_num_requests_active === 18, '18 active');
+  assert.equal(order.length, 0, 'the long request should still hold the engine');
+  busy.abort();
   await Promise.all(all);
-  assert.equal(order.length, 6);
-  assert.ok(order.indexOf('bob') <= 1, `completion order ${order.join(' ')}`);
+  assert.equal(order.length, 17);
+  assert.ok(order.indexOf('bob') <= 1, `completion order: ${order.join(' ')}`);
 });
 
 test('/metrics: vLLM names under vllm: and kiln:, histograms consistent with the requests served', async () => {
