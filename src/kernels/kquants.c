@@ -276,12 +276,19 @@ TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8
                 _mm256_storeu_si256((__m256i *)(o + 64 * c), lo);
                 _mm256_storeu_si256((__m256i *)(o + 64 * c + 32), hi);
             }
-            for (int j = 0; j < 8; j++) {
-                int sc, m;
-                scale_min(scales, j, &sc, &m);
-                float a = d * (float)sc, bo = -dmin * (float)m;
-                set_ab32(aexp, b16, ib * 8 + j, a, bo, a, bo);
-            }
+            /* the eight 6-bit scales and mins as bytes of two words each (layout: kernels.h) */
+            uint32_t w[3], sc[2], mn[2];
+            memcpy(w, scales, 12);
+            sc[0] = w[0] & 0x3f3f3f3fu, sc[1] = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u);
+            mn[0] = w[1] & 0x3f3f3f3fu, mn[1] = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u);
+            __m256 A = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc))),
+                                     _mm256_set1_ps(d));
+            __m256 B = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn))),
+                                     _mm256_set1_ps(-dmin));
+            for (int j = 0; j < 8; j++)
+                _mm256_storeu_ps(aexp + 8 * (ib * 8 + j), _mm256_permutevar8x32_ps(A, _mm256_set1_epi32(j)));
+            _mm256_storeu_ps(b16 + 16 * ib, _mm256_permutevar8x32_ps(B, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+            _mm256_storeu_ps(b16 + 16 * ib + 8, _mm256_permutevar8x32_ps(B, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)));
         }
         break;
     }
@@ -306,10 +313,17 @@ TGT static void unpack_row(kiln_wtype t, const uint8_t *row, int64_t n_in, uint8
                 _mm256_storeu_si256((__m256i *)(o + 128 * h + 64), g2);
                 _mm256_storeu_si256((__m256i *)(o + 128 * h + 96), g3);
             }
+            __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
+            __m256 vd = _mm256_set1_ps(d), m32 = _mm256_set1_ps(-32.0f);
+            __m256 A[2] = {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)), vd),
+                           _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(s8, 8))), vd)};
             for (int g = 0; g < 8; g++) {
-                float a0 = d * (float)b->scales[2 * g], a1 = d * (float)b->scales[2 * g + 1];
-                set_ab32(aexp, b16, ib * 8 + g, a0, -32.0f * a0, a1, -32.0f * a1);
+                int k = 2 * (g & 3);
+                __m256i idx = _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1);
+                _mm256_storeu_ps(aexp + 8 * (ib * 8 + g), _mm256_permutevar8x32_ps(A[g >> 2], idx));
             }
+            _mm256_storeu_ps(b16 + 16 * ib, _mm256_mul_ps(A[0], m32));
+            _mm256_storeu_ps(b16 + 16 * ib + 8, _mm256_mul_ps(A[1], m32));
         }
         break;
     case KILN_WTYPE_Q4_1:
