@@ -294,6 +294,111 @@ static void softmax_silu_dot(void) {
     CHECK_NEAR(y[18], 1 + 2 * 9.0, 0);
 }
 
+/* ---- the compute team (pool.h) ---- */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kernels/pool.h"
+
+typedef struct count_job {
+    int64_t n;
+    _Atomic int *hits;          /* (n,) times each item was done */
+    _Atomic int members;        /* distinct ith seen (bit set) */
+    _Atomic int64_t next;
+    _Atomic int nth_seen;
+    bool dynamic;
+    bool nested;
+    _Atomic int inner_nth;      /* nth seen by a nested call */
+} count_job;
+
+static void inner_part(void *ctx, int ith, int nth) {
+    count_job *j = ctx;
+    atomic_store(&j->inner_nth, nth);
+    (void)ith;
+}
+
+static void count_part(void *ctx, int ith, int nth) {
+    count_job *j = ctx;
+    atomic_fetch_or(&j->members, 1 << ith);
+    atomic_store(&j->nth_seen, nth); /* every member stores the same value */
+    int64_t lo, hi;
+    if (j->dynamic) {
+        while (kiln_pool_take(&j->next, j->n, kiln_pool_chunk(j->n, nth), &lo, &hi))
+            for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&j->hits[i], 1);
+    } else {
+        kiln_pool_range(j->n, ith, nth, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&j->hits[i], 1);
+    }
+    if (j->nested && ith == 0) {
+        count_job in = {0};
+        kiln_pool_run(2, inner_part, &in);
+        atomic_store(&j->inner_nth, atomic_load(&in.inner_nth));
+    }
+}
+
+/* Runs one counting job; true when every item was done exactly once by members 0..nth-1. */
+static bool count_once(int n_threads, int64_t n, bool dynamic, bool nested, int *nth_out, int *inner_nth) {
+    _Atomic int *hits = calloc((size_t)n + 1, sizeof(*hits));
+    count_job j = {.n = n, .hits = hits, .dynamic = dynamic, .nested = nested};
+    kiln_pool_run(n_threads, count_part, &j);
+    bool ok = true;
+    for (int64_t i = 0; i < n; i++) ok = ok && atomic_load(&hits[i]) == 1;
+    int nth = atomic_load(&j.nth_seen);
+    ok = ok && atomic_load(&j.members) == (1 << nth) - 1;
+    if (nth_out) *nth_out = nth;
+    if (inner_nth) *inner_nth = atomic_load(&j.inner_nth);
+    free(hits);
+    return ok;
+}
+
+/* Every item exactly once, static and dynamic sharing, teams of 1..4 (more than the CPUs), item
+ * counts below and above the team size; a nested call runs alone. */
+static void pool_shares(void) {
+    int64_t ns[] = {0, 1, 3, 7, 1000};
+    for (int t = 1; t <= 4; t++)
+        for (size_t i = 0; i < KILN_ARRAY_LEN(ns); i++)
+            for (int dyn = 0; dyn < 2; dyn++) {
+                int nth = 0;
+                CHECK_MSG(count_once(t, ns[i], dyn, false, &nth, NULL), "threads %d n %lld dynamic %d", t,
+                          (long long)ns[i], dyn);
+                CHECK(nth >= 1 && nth <= t);
+            }
+    int nth = 0, inner = 0;
+    CHECK(count_once(2, 100, true, true, &nth, &inner));
+    CHECK_EQ_INT(inner, 1);
+    CHECK(kiln_pool_default_threads() >= 1);
+    int64_t lo, hi, total = 0;
+    for (int ith = 0; ith < 3; ith++) {
+        kiln_pool_range(10, ith, 3, &lo, &hi);
+        CHECK(lo == total && hi >= lo);
+        total = hi;
+    }
+    CHECK_EQ_INT(total, 10);
+}
+
+static void *pool_caller(void *arg) {
+    int *bad = arg;
+    for (int k = 0; k < 300; k++)
+        if (!count_once(2, 64 + k % 5, k % 2, false, NULL, NULL)) (*bad)++;
+    return NULL;
+}
+
+/* Many short jobs back to back (the generation / completion protocol, sleeps and wake-ups), and
+ * two threads submitting at once (one of them runs alone while the team is busy). */
+static void pool_stress(void) {
+    int bad = 0;
+    for (int k = 0; k < 2000; k++)
+        if (!count_once(2, 1 + k % 9, k % 2, false, NULL, NULL)) bad++;
+    CHECK_EQ_INT(bad, 0);
+    int bad1 = 0, bad2 = 0;
+    pthread_t t1, t2;
+    CHECK(pthread_create(&t1, NULL, pool_caller, &bad1) == 0);
+    CHECK(pthread_create(&t2, NULL, pool_caller, &bad2) == 0);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CHECK_EQ_INT(bad1 + bad2, 0);
+}
+
 static void dispatch(void) {
     CHECK(kiln_kernels_find("ref") == &kiln_kernels_ref);
     CHECK(kiln_kernels_find("no-such-isa") == NULL);
@@ -315,6 +420,8 @@ int main(void) {
     RUN(rope_def);
     RUN(softmax_silu_dot);
     RUN(dispatch);
+    RUN(pool_shares);
+    RUN(pool_stress);
     RUN(simd_vs_ref);
     if (kiln_kernels_get() != &kiln_kernels_ref) {
         /* The chosen table through the same definitions (its matmul: simd_vs_ref). */
