@@ -404,6 +404,8 @@ static void q_gemm_part(void *ctx, int ith, int nth) {
 static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
                      int64_t n_x, float *y, int nt) {
     KILN_ASSERT(n_in % 32 == 0);
+    /* scale gathers address rows by 32-bit byte offsets from the first row of a 16-row group */
+    KILN_ASSERT(row_bytes <= ((size_t)1 << 26));
     qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, t == KILN_WTYPE_Q4_0 ? 8 : 128, qact_alloc(n_x, n_in), 0};
     if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, q_quant_part, &j);
     else q_quant_part(&j, 0, 1);
