@@ -10,6 +10,7 @@
 #include "kernels/pool.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 bool kiln_kquant_handles(kiln_wtype t) {
@@ -420,8 +421,10 @@ static void pick_rows(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         rows = matmul_rows_avx2;
         if (__builtin_cpu_supports("f16c")) int_rows = int_rows_avx2;
-        if (int_rows && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512vnni"))
+        /* KILN_KQUANT_NO_VNNI=1 keeps the AVX2 dot (tests run both on a VNNI machine) */
+        const char *no_vnni = getenv("KILN_KQUANT_NO_VNNI");
+        if (int_rows && !(no_vnni && *no_vnni == '1') && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
             int_rows = int_rows_vnni;
     }
 #endif
