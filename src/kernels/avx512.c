@@ -441,9 +441,15 @@ static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, 
             for (int i = 0; i < 4; i++) acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
         }
     }
+    /* constant indices only: a data-dependent index would keep acc in memory inside the loop */
+    float r[4][4];
     #pragma GCC unroll 8
+    for (int c = 0; c < C; c++) {
+        #pragma GCC unroll 8
+        for (int i = 0; i < 4; i++) r[i][c] = _mm512_reduce_add_ps(acc[i][c]);
+    }
     for (int c = 0; c < C; c++)
-        for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = _mm512_reduce_add_ps(acc[i][c]);
+        for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = r[i][c];
 }
 
 static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const void *w, size_t row_bytes,
