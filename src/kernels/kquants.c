@@ -182,15 +182,17 @@ __attribute__((target("avx2,fma"))) static void matmul_rows_avx2(kiln_wtype t, s
  * Activations are quantized per 32 to int8 with a float scale (as ggml pairs these types with
  * Q8_K / Q8_1 activations); each weight row is unpacked once per call into unsigned quants q
  * (0..63), a scale per 16 and an offset per 16 (w = A * q + B); then for every activation row
- * y = sum_g da_g * sum_16 A * (q . a) + sum_16 B * (da * sum a). Tolerance against the float path:
- * the activation rounding (relative 1/254 per element, averaging out over a row). */
+ * y = sum_b da_b * sum_16 A * (q . a) + sum_16 B * (da * sum a). Activation blocks (one scale
+ * da_b) are 256 for the K-quants (ggml's Q8_K), 32 for Q4_1 / Q5_0 (Q8_1). Tolerance against the
+ * float path: the activation rounding (at most amax of its block / 254 per element). */
 #define MAX_INT_N_IN 16384   /* per-thread unpack buffers live on the stack */
 #define ACT_STACK_BYTES (96 * 1024)
 
 typedef struct act_q {
     int8_t *q;          /* (n_x, n_in) */
-    float *d;           /* (n_x, n_in / 32) scales */
+    float *d;           /* (n_x, n_in / ab) scales */
     float *s16;         /* (n_x, n_in / 16): d * sum of the 16 quants = the sum of the 16 activations */
+    int64_t ab;         /* elements per activation scale: 256 (K-quants, like ggml's Q8_K) or 32 */
 } act_q;
 
 #ifdef HAVE_AVX2_PATH
@@ -211,31 +213,34 @@ TGT static inline float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* x (n,) -> 32-element blocks of int8 with scale amax / 127 (round to nearest even). */
-TGT static void quantize_act(const float *x, int64_t n, int8_t *q, float *d, float *s16) {
+/* x (n,) -> int8 in blocks of ab (a multiple of 32) elements with scale amax / 127 (round to
+ * nearest even); s16 gets d * the sum of each 16 quants. */
+TGT static void quantize_act(const float *x, int64_t n, int64_t ab, int8_t *q, float *d, float *s16) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (int64_t b = 0; b < n / 32; b++) {
-        const float *xb = x + 32 * b;
-        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
-               v3 = _mm256_loadu_ps(xb + 24);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    for (int64_t b = 0; b < n / ab; b++) {
+        __m256 m = _mm256_setzero_ps();
+        for (int64_t i = b * ab; i < (b + 1) * ab; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float amax = _mm_cvtss_f32(m4);
         float db = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
         __m256 vid = _mm256_set1_ps(id);
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        p = _mm256_permutevar8x32_epi32(p, perm);
-        _mm256_storeu_si256((__m256i *)(q + 32 * b), p);
-        __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
         d[b] = db;
-        s16[2 * b] = db * (float)hsum_epi32_128(_mm256_castsi256_si128(sums));
-        s16[2 * b + 1] = db * (float)hsum_epi32_128(_mm256_extracti128_si256(sums, 1));
+        for (int64_t c = b * ab; c < (b + 1) * ab; c += 32) {
+            const float *xb = x + c;
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb), vid));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 8), vid));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16), vid));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 24), vid));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            p = _mm256_permutevar8x32_epi32(p, perm);
+            _mm256_storeu_si256((__m256i *)(q + c), p);
+            __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+            s16[c / 16] = db * (float)hsum_epi32_128(_mm256_castsi256_si128(sums));
+            s16[c / 16 + 1] = db * (float)hsum_epi32_128(_mm256_extracti128_si256(sums, 1));
+        }
     }
 }
 
@@ -371,32 +376,52 @@ TGT_VNNI static inline __m256i dot_u8s8_vnni(__m256i q, __m256i a) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, a);
 }
 
-/* The row loop, instantiated for both integer dots. */
+/* The row loop, instantiated for both integer dots. Activation rows go four at a time (each
+ * weight group loaded once for four dots); within an activation block the int32 sums are scaled
+ * by the weights' per-16 scales and summed in float, and the block scale is applied once. Every
+ * activation row sees the same sequence of operations, whether it is in a group of four or not. */
+#define ROW_DOT(DOT, acc, r)                                                                                    \
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(qv, _mm256_loadu_si256((const __m256i *)(aq->q + (r) * n_in + 32 * g)))), \
+                          av, acc)
 #define DEFINE_INT_ROWS(NAME, ATTR, DOT)                                                                       \
     ATTR static void NAME(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,            \
                           const act_q *aq, int64_t n_x, float *y, int64_t o0, int64_t o1) {                      \
         uint8_t q[MAX_INT_N_IN] __attribute__((aligned(32)));                                                   \
         float aexp[MAX_INT_N_IN / 4] __attribute__((aligned(32)));                                              \
         float b16[MAX_INT_N_IN / 16] __attribute__((aligned(32)));                                              \
-        int64_t n_g = n_in / 32, n_k = n_in / 16;                                                               \
+        const int64_t n_k = n_in / 16, ab = aq->ab, n_b = n_in / ab, gpb = ab / 32;                             \
         for (int64_t o = o0; o < o1; o++) {                                                                     \
             unpack_row(t, (const uint8_t *)w + (size_t)o * row_bytes, n_in, q, aexp, b16);                      \
-            for (int64_t r = 0; r < n_x; r++) {                                                                 \
-                const int8_t *a = aq->q + r * n_in;                                                             \
-                const float *da = aq->d + r * n_g, *s16 = aq->s16 + r * n_k;                                     \
-                __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();                                   \
-                for (int64_t g = 0; g < n_g; g++) {                                                             \
-                    __m256i is = DOT(_mm256_load_si256((const __m256i *)(q + 32 * g)),                           \
-                                     _mm256_loadu_si256((const __m256i *)(a + 32 * g)));                         \
-                    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_broadcast_ss(da + g));              \
-                    acc = _mm256_fmadd_ps(f, _mm256_load_ps(aexp + 8 * g), acc);                                \
+            for (int64_t r0 = 0; r0 < n_x; r0 += 4) {                                                           \
+                int64_t nr = KILN_MIN(4, n_x - r0);                                                             \
+                __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;                                     \
+                for (int64_t b = 0; b < n_b; b++) {                                                             \
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                 \
+                    for (int64_t g = b * gpb; g < (b + 1) * gpb; g++) {                                         \
+                        __m256i qv = _mm256_load_si256((const __m256i *)(q + 32 * g));                          \
+                        __m256 av = _mm256_load_ps(aexp + 8 * g);                                               \
+                        ROW_DOT(DOT, a0, r0);                                                                   \
+                        if (nr > 1) ROW_DOT(DOT, a1, r0 + 1);                                                   \
+                        if (nr > 2) ROW_DOT(DOT, a2, r0 + 2);                                                   \
+                        if (nr > 3) ROW_DOT(DOT, a3, r0 + 3);                                                   \
+                    }                                                                                           \
+                    const float *d = aq->d + r0 * n_b + b;                                                      \
+                    t0 = _mm256_fmadd_ps(a0, _mm256_broadcast_ss(d), t0);                                       \
+                    if (nr > 1) t1 = _mm256_fmadd_ps(a1, _mm256_broadcast_ss(d + n_b), t1);                     \
+                    if (nr > 2) t2 = _mm256_fmadd_ps(a2, _mm256_broadcast_ss(d + 2 * n_b), t2);                 \
+                    if (nr > 3) t3 = _mm256_fmadd_ps(a3, _mm256_broadcast_ss(d + 3 * n_b), t3);                 \
                 }                                                                                               \
-                int64_t k = 0;                                                                                  \
-                for (; k + 8 <= n_k; k += 8)                                                                    \
-                    acc2 = _mm256_fmadd_ps(_mm256_load_ps(b16 + k), _mm256_loadu_ps(s16 + k), acc2);             \
-                float off = 0;                                                                                  \
-                for (; k < n_k; k++) off += b16[k] * s16[k];                                                    \
-                y[r * n_out + o] = hsum_ps(acc) + hsum_ps(acc2) + off;                                          \
+                __m256 tot[4] = {t0, t1, t2, t3};                                                               \
+                for (int64_t i = 0; i < nr; i++) {                                                              \
+                    const float *s16 = aq->s16 + (r0 + i) * n_k;                                                \
+                    __m256 acc2 = _mm256_setzero_ps();                                                          \
+                    int64_t k = 0;                                                                              \
+                    for (; k + 8 <= n_k; k += 8)                                                                \
+                        acc2 = _mm256_fmadd_ps(_mm256_load_ps(b16 + k), _mm256_loadu_ps(s16 + k), acc2);         \
+                    float off = 0;                                                                              \
+                    for (; k < n_k; k++) off += b16[k] * s16[k];                                                \
+                    y[(r0 + i) * n_out + o] = hsum_ps(tot[i]) + hsum_ps(acc2) + off;                            \
+                }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \
     }
@@ -456,7 +481,9 @@ static bool matmul_int(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
 #ifdef HAVE_AVX2_PATH
     int_rows_fn f = int_rows;
     if (!f || n_in > MAX_INT_N_IN || n_in % 32 != 0) return false;
-    size_t per_row = (size_t)n_in + (size_t)n_in / 32 * sizeof(float) + (size_t)n_in / 16 * sizeof(float), bytes;
+    /* K-quants: one activation scale per 256 (their super-block), like ggml's Q8_K */
+    int64_t ab = n_in % KILN_QK_K == 0 && (t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K || t == KILN_WTYPE_Q6_K) ? KILN_QK_K : 32;
+    size_t per_row = (size_t)n_in + (size_t)(n_in / ab) * sizeof(float) + (size_t)n_in / 16 * sizeof(float), bytes;
     if (!kiln_mul_size(per_row, (size_t)n_x, &bytes)) return false;
     uint8_t stack[ACT_STACK_BYTES] __attribute__((aligned(32)));
     uint8_t *heap = NULL, *buf = stack;
@@ -464,11 +491,11 @@ static bool matmul_int(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
         if (!(heap = kiln_malloc(bytes))) return false;
         buf = heap;
     }
-    act_q aq = {.q = (int8_t *)buf};
+    act_q aq = {.q = (int8_t *)buf, .ab = ab};
     aq.d = (float *)(buf + (size_t)n_x * (size_t)n_in);
-    aq.s16 = aq.d + (size_t)n_x * (size_t)(n_in / 32);
+    aq.s16 = aq.d + (size_t)n_x * (size_t)(n_in / ab);
     for (int64_t r = 0; r < n_x; r++)
-        quantize_act(x + r * n_in, n_in, aq.q + r * n_in, aq.d + r * (n_in / 32), aq.s16 + r * (n_in / 16));
+        quantize_act(x + r * n_in, n_in, ab, aq.q + r * n_in, aq.d + r * (n_in / ab), aq.s16 + r * (n_in / 16));
     int_job j = {.f = f, .t = t, .w = w, .row_bytes = row_bytes, .n_out = n_out, .n_in = n_in, .aq = &aq,
                  .n_x = n_x, .y = y};
     kiln_pool_run(par ? nt : 1, int_part, &j);

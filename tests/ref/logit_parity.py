@@ -15,8 +15,8 @@ Tolerances are relative to the RMS of the reference logits (about 1 for these mo
       f32 1e-4 / 2e-5;  f16 1.5e-2 / 3e-3;  bf16 1e-1 / 1.5e-2;  q8_0, q4_0 3e-1 / 5e-2.
     These are 2.5-3x the worst errors measured by simulating that activation rounding in numpy
     on these models (f16 0.005/0.0007, bf16 0.034/0.0056, Q8_0 activations 0.12/0.020).
-    (Q4_1, Q5_0 and the K-quants: the same allowance as Q8_0 / Q4_0; ggml pairs them with Q8_1 /
-    Q8_K activations, whose rounding is of the same order.)
+    (Q4_1, Q5_0: the same allowance as Q8_0 / Q4_0. K-quants and their mixes: 3e-1 / 8e-2, for
+    activations rounded in blocks of 256 as ggml's Q8_K; measured up to 0.17 / 0.037.)
 usage: logit_parity.py KILN_BIN WORK_DIR [--filter REGEX]
 """
 import hashlib
@@ -39,10 +39,13 @@ import gguf  # noqa: E402
 N_POS = 80
 TOL_FAST = {"f32": (1e-4, 2e-5), "f16": (1.5e-2, 3e-3), "bf16": (1e-1, 1.5e-2),
             "q8_0": (3e-1, 5e-2), "q4_0": (3e-1, 5e-2)}
-# the other quantized types: the same allowance as Q8_0 / Q4_0 (ggml pairs them with Q8_K / Q8_1
-# activations, whose rounding is of the same order)
-for _t in ("q4_1", "q5_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"):
+# Q4_1 / Q5_0: the same allowance as Q8_0 / Q4_0 (activations in int8 blocks of 32, as ggml's
+# Q8_1). The K-quants round activations in blocks of 256 (one scale per super-block, as ggml's
+# Q8_K), which is coarser: measured max / rms up to 0.17 / 0.037 on these models, so 3e-1 / 8e-2.
+for _t in ("q4_1", "q5_0"):
     TOL_FAST[_t] = TOL_FAST["q8_0"]
+for _t in ("q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"):
+    TOL_FAST[_t] = (3e-1, 8e-2)
 TOL_REF = 1e-4
 
 BASE = dict(dim=64, layers=2, heads=4, kv_heads=2, ff=128, vocab=320, ctx=256)

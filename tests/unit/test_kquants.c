@@ -1,7 +1,7 @@
 /* test_kquants.c: the Q4_1 / Q5_0 / Q4_K / Q5_K / Q6_K kernels (kquants.c).
  * Without arguments: block sizes, and the matmul of every table (ref, the default table,
  * kiln_kquant_matmul) against a double-precision product of the dequantized weights on random
- * blocks and odd shapes, plus thread-count invariance.
+ * blocks and odd shapes, plus thread-count and batch invariance.
  * With a vectors file (tests/ref/kquant_vectors.py, run by tests/suites/kquant_dequant.sh): every
  * table's dequant_row against values numpy computed from the block fields. */
 #include <math.h>
@@ -70,7 +70,7 @@ static void matmul_vs_double(void) {
         const char *name;
         matmul_fn f;
     } fns[] = {{"ref", kiln_kernels_ref.matmul}, {def->name, def->matmul}, {"kquant", kiln_kquant_matmul}};
-    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 5};
+    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 6};
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
         kiln_wtype t = TYPES[ti];
         size_t be = 0;
@@ -80,6 +80,8 @@ static void matmul_vs_double(void) {
             for (int b = 0; b < 3; b++)
                 for (int c = 0; c < 3; c++) {
                     int64_t n_out = n_outs[a], n_x = n_xs[b], n_in = n_ins[c];
+                    /* activation scales per 256 for the K-quants (as ggml's Q8_K), else per 32 */
+                    int64_t ab = be == 256 ? 256 : 32;
                     size_t rb;
                     uint8_t *w = random_weights(t, n_out, n_in, &r, &rb);
                     float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
@@ -93,11 +95,13 @@ static void matmul_vs_double(void) {
                         kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
                         for (int64_t q = 0; q < n_x; q++) {
                             double s = 0, m = 0, e = 0;
-                            for (int64_t g = 0; g < n_in / 32; g++) {
+                            for (int64_t i = 0; i < n_in; i++) {
+                                s += (double)wf[i] * x[q * n_in + i];
+                                m += fabs((double)wf[i] * x[q * n_in + i]);
+                            }
+                            for (int64_t g = 0; g < n_in / ab; g++) {
                                 double amax = 0, wsum = 0;
-                                for (int64_t i = 32 * g; i < 32 * g + 32; i++) {
-                                    s += (double)wf[i] * x[q * n_in + i];
-                                    m += fabs((double)wf[i] * x[q * n_in + i]);
+                                for (int64_t i = ab * g; i < ab * g + ab; i++) {
                                     amax = fmax(amax, fabs(x[q * n_in + i]));
                                     wsum += fabs(wf[i]);
                                 }
@@ -134,6 +138,27 @@ static void threads_invariant(void) {
         kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y2, 2);
         CHECK(memcmp(y1, y2, sizeof(float) * (size_t)(n_x * n_out)) == 0);
         free(w), free(x), free(y1), free(y2);
+    }
+}
+
+/* Row r of a batch equals the same activation row computed alone, bit for bit. */
+static void batch_invariant(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 9);
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
+        int64_t n_out = 40, n_in = 512, n_x = 7;
+        size_t rb;
+        uint8_t *w = random_weights(TYPES[ti], n_out, n_in, &r, &rb);
+        float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
+        float *yb = malloc(sizeof(float) * (size_t)(n_x * n_out)), *y1 = malloc(sizeof(float) * (size_t)n_out);
+        for (int64_t i = 0; i < n_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
+        kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, yb, 2);
+        for (int64_t q = 0; q < n_x; q++) {
+            kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x + q * n_in, 1, y1, 2);
+            CHECK_MSG(memcmp(y1, yb + q * n_out, sizeof(float) * (size_t)n_out) == 0, "type %d row %lld",
+                      (int)TYPES[ti], (long long)q);
+        }
+        free(w), free(x), free(yb), free(y1);
     }
 }
 
@@ -202,5 +227,6 @@ int main(int argc, char **argv) {
     RUN(block_sizes);
     RUN(matmul_vs_double);
     RUN(threads_invariant);
+    RUN(batch_invariant);
     return TEST_REPORT("test_kquants");
 }
