@@ -315,6 +315,14 @@ static void avx2_axpy(float a, const float *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+static void avx2_dot_rows(const float *q, const float *k, size_t stride, int64_t n_rows, int64_t n, float *out) {
+    for (int64_t r = 0; r < n_rows; r++) out[r] = avx2_dot(q, k + (size_t)r * stride, n);
+}
+
+static void avx2_axpy_rows(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y) {
+    for (int64_t r = 0; r < n_rows; r++) avx2_axpy(w[r], v + (size_t)r * stride, y, n);
+}
+
 /* The remaining ops are a small share of the time: the reference versions. */
 static void avx2_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n) {
     kiln_kernels_ref.dequant_row(t, src, dst, n);
@@ -339,4 +347,6 @@ const kiln_kernels kiln_kernels_avx2 = {
     .softmax = avx2_softmax,
     .dot = avx2_dot,
     .axpy = avx2_axpy,
+    .dot_rows = avx2_dot_rows,
+    .axpy_rows = avx2_axpy_rows,
 };

@@ -540,6 +540,39 @@ static void avx512_axpy(float a, const float *x, float *y, int64_t n) {
     }
 }
 
+static void avx512_dot_rows(const float *q, const float *k, size_t stride, int64_t n_rows, int64_t n, float *out) {
+    for (int64_t r = 0; r < n_rows; r++) out[r] = avx512_dot(q, k + (size_t)r * stride, n);
+}
+
+/* y += w[r] * v_r, r in order; each 64-float slice of y stays in registers across the rows (the
+ * same FMA per element and row as avx512_axpy, so the same result). */
+static void avx512_axpy_rows(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y) {
+    for (int64_t i0 = 0; i0 < n; i0 += 64) {
+        __m512 acc[4];
+        __mmask16 m[4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            int64_t i = i0 + 16 * j;
+            m[j] = i >= n ? 0 : n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            acc[j] = _mm512_maskz_loadu_ps(m[j], y + (i < n ? i : 0));
+        }
+        for (int64_t r = 0; r < n_rows; r++) {
+            const float *vr = v + (size_t)r * stride;
+            __m512 a = _mm512_set1_ps(w[r]);
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                int64_t i = i0 + 16 * j;
+                acc[j] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[j], vr + (i < n ? i : 0)), acc[j]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            int64_t i = i0 + 16 * j;
+            _mm512_mask_storeu_ps(y + (i < n ? i : 0), m[j], acc[j]);
+        }
+    }
+}
+
 /* The remaining ops are a small share of the time: the reference versions. */
 static void avx512_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n) {
     kiln_kernels_ref.dequant_row(t, src, dst, n);
@@ -564,4 +597,6 @@ const kiln_kernels kiln_kernels_avx512 = {
     .softmax = avx512_softmax,
     .dot = avx512_dot,
     .axpy = avx512_axpy,
+    .dot_rows = avx512_dot_rows,
+    .axpy_rows = avx512_axpy_rows,
 };

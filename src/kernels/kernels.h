@@ -129,6 +129,12 @@ typedef struct kiln_kernels {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* y (n,) += a * x (n,). */
     void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /* out[i] = dot(q, k + i * stride, n) for i < n_rows: q against rows of a K cache chunk;
+     * bit-identical to n_rows calls of dot. */
+    void (*dot_rows)(const float *q, const float *k, size_t stride, int64_t n_rows, int64_t n, float *out);
+    /* y (n,) += w[i] * (v + i * stride) for i = 0, 1, ... n_rows - 1 in that order: a V chunk
+     * weighted into an accumulator; bit-identical to n_rows calls of axpy. */
+    void (*axpy_rows)(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y);
 } kiln_kernels;
 
 /* The scalar reference table (always available). */

@@ -107,6 +107,16 @@ static void ref_axpy(float a, const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/* q (n,) . rows k + r * stride (n,) -> out (n_rows,). */
+static void ref_dot_rows(const float *q, const float *k, size_t stride, int64_t n_rows, int64_t n, float *out) {
+    for (int64_t r = 0; r < n_rows; r++) out[r] = ref_dot(q, k + (size_t)r * stride, n);
+}
+
+/* y (n,) += sum over rows r in order of w[r] * v[r * stride ...]. */
+static void ref_axpy_rows(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y) {
+    for (int64_t r = 0; r < n_rows; r++) ref_axpy(w[r], v + (size_t)r * stride, y, n);
+}
+
 /* Weight rows are dequantized CHUNK elements at a time (a multiple of every block size). */
 #define CHUNK 256
 
@@ -199,4 +209,6 @@ const kiln_kernels kiln_kernels_ref = {
     .softmax = ref_softmax,
     .dot = ref_dot,
     .axpy = ref_axpy,
+    .dot_rows = ref_dot_rows,
+    .axpy_rows = ref_axpy_rows,
 };

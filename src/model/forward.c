@@ -134,8 +134,9 @@ static void attend_heads(const kiln_kernels *k, const kiln_kv *kv, int32_t il, c
             const float *qh = q + (size_t)h * hd;
             float *ah = acc + (size_t)h * hd;
             float bm = -INFINITY;
+            k->dot_rows(qh, kb, stride, n, hd, sc);
             for (int32_t i = 0; i < n; i++) {
-                sc[i] = k->dot(qh, kb + (size_t)i * stride, hd) * scale;
+                sc[i] *= scale;
                 bm = sc[i] > bm ? sc[i] : bm;
             }
             if (bm > mx[h]) {
@@ -145,10 +146,10 @@ static void attend_heads(const kiln_kernels *k, const kiln_kv *kv, int32_t il, c
                 mx[h] = bm;
             }
             for (int32_t i = 0; i < n; i++) {
-                float w = expf(sc[i] - mx[h]);
-                l[h] += w;
-                k->axpy(w, vb + (size_t)i * stride, ah, hd);
+                sc[i] = expf(sc[i] - mx[h]);
+                l[h] += sc[i];
             }
+            k->axpy_rows(sc, vb, stride, n, hd, ah);
         }
     }
     for (int h = 0; h < ng; h++) {

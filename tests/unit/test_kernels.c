@@ -200,6 +200,20 @@ static void simd_vs_ref_table(const kiln_kernels *T) {
         kiln_kernels_ref.axpy(0.75f, a, yr, n);
         for (int i = 0; i < n; i++) CHECK_NEAR(y[i], yr[i], 1e-6);
     }
+    /* dot_rows / axpy_rows (attention over a K/V chunk): bit-identical to the table's own dot and
+     * axpy called row by row, for row lengths around the vector widths and a row stride > n */
+    for (int n = 1; n <= 130; n += 7) {
+        const int rows = 5, stride = 136;
+        float q[136], kv[5 * 136], w[5], y1[136], y2[136], o1[5];
+        for (int i = 0; i < 136; i++) q[i] = frand(&r), y1[i] = y2[i] = frand(&r);
+        for (int i = 0; i < rows * stride; i++) kv[i] = frand(&r);
+        for (int i = 0; i < rows; i++) w[i] = frand(&r);
+        T->dot_rows(q, kv, (size_t)stride, rows, n, o1);
+        for (int i = 0; i < rows; i++) CHECK(o1[i] == T->dot(q, kv + i * stride, n));
+        T->axpy_rows(w, kv, (size_t)stride, rows, n, y1);
+        for (int i = 0; i < rows; i++) T->axpy(w[i], kv + i * stride, y2, n);
+        for (int i = 0; i < 136; i++) CHECK_MSG(y1[i] == y2[i], "%s n %d [%d]: %.9g vs %.9g", T->name, n, i, y1[i], y2[i]);
+    }
     /* rmsnorm / silu_mul / softmax on odd lengths */
     for (int n = 1; n < 70; n += 3) {
         float x[70], o1[70], o2[70], g1[70], g2[70], u[70];
@@ -292,6 +306,17 @@ static void softmax_silu_dot(void) {
     CHECK_NEAR(K->dot(a, b, 19), ref, 1e-5);
     K->axpy(2, a, y, 19);
     CHECK_NEAR(y[18], 1 + 2 * 9.0, 0);
+    /* rows variants: 3 rows of 19 with stride 20 */
+    float rows[60], out[3], wts[3] = {1, -0.5f, 2}, acc[19] = {0};
+    for (int i = 0; i < 60; i++) rows[i] = (float)(i % 20) * 0.25f - (float)(i / 20);
+    K->dot_rows(b, rows, 20, 3, 19, out);
+    K->axpy_rows(wts, rows, 20, 3, 19, acc);
+    for (int k = 0; k < 3; k++) {
+        double d = 0;
+        for (int i = 0; i < 19; i++) d += (double)b[i] * rows[k * 20 + i];
+        CHECK_NEAR(out[k], d, 1e-5);
+    }
+    for (int i = 0; i < 19; i++) CHECK_NEAR(acc[i], rows[i] - 0.5 * rows[20 + i] + 2 * rows[40 + i], 1e-6);
 }
 
 /* ---- the compute team (pool.h) ---- */
