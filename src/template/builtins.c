@@ -916,8 +916,11 @@ kiln_err bi_call_func(rstate *st, int line, tfunc *fn, call_args *ca, tval *out)
         for (size_t i = 0; i < ca->n_pos; i++) {
             tval v = ca->pos[i];
             if (v.t == TV_DICT || v.t == TV_NS) {
-                for (size_t k = 0; k < v.d->n; k++)
+                for (size_t k = 0; k < v.d->n; k++) {
+                    kiln_err err = rt_tick(st, line, (uint32_t)KILN_MIN(d->n, 1u << 20)); /* td_set is linear */
+                    if (err) return err;
                     if (!td_set(A(st), d, v.d->keys[k], v.d->vals[k])) return rt_nomem(st, line);
+                }
             } else {
                 return rt_error(st, line, KILN_ERR_INVALID, "cannot convert %s to a dictionary", tv_type_name(v));
             }
@@ -1500,10 +1503,17 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         tlist *l = tl_new(A(st), n);
         if (!l) return rt_nomem(st, line);
         if (!strcmp(name, "unique")) {
+            tval *keys_kept = arena_alloc(A(st), (n + 1) * sizeof(tval));
+            if (!keys_kept) return rt_nomem(st, line);
             for (size_t i = 0; i < n; i++) {
                 bool seen = false;
-                for (size_t j = 0; j < i && !seen; j++) seen = tv_equal(it[j].key, it[i].key);
-                if (!seen) l->items[l->n++] = it[i].val;
+                /* compared against the kept items only; quadratic, so it pays into the time budget */
+                for (size_t j = 0; j < l->n && !seen; j++) seen = tv_equal(keys_kept[j], it[i].key);
+                if ((err = rt_tick(st, line, (uint32_t)KILN_MIN(l->n, 1u << 20)))) return err;
+                if (!seen) {
+                    keys_kept[l->n] = it[i].key;
+                    l->items[l->n++] = it[i].val;
+                }
             }
             *out = mkiter(l, "generator");
             return KILN_OK;

@@ -222,6 +222,9 @@ uint64_t rs_max_iterations(rstate *st); /* the loop iteration limit */
 kiln_err rt_undef_error(rstate *st, int line, tval u);
 bool undef_message(sbuf *b, tval u);  /* jinja2's wording of why `u` is undefined */
 
+/* Accounts `steps` units of work; past the render's time budget: KILN_ERR_LIMIT (message set).
+ * Long builtin loops call it so that no single operation outlives the budget. */
+kiln_err rt_tick(rstate *st, int line, uint32_t steps);
 /* An allocation failed: KILN_ERR_LIMIT when the arena hit its limit, else KILN_ERR_NOMEM. */
 kiln_err rt_nomem(rstate *st, int line);
 /* A string builder failed: output limit, nesting too deep, memory limit or out of memory. */

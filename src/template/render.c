@@ -25,6 +25,8 @@ struct rstate {
     arena a;
     kiln_template_limits lim;
     uint64_t n_iters;
+    uint64_t deadline_ns;  /* 0 = none */
+    uint32_t n_ticks;      /* work steps since the last clock read */
     int depth;
     scope *root;
     sbuf *out;
@@ -33,6 +35,16 @@ struct rstate {
 };
 
 arena *rs_arena(rstate *st) { return &st->a; }
+
+kiln_err rt_tick(rstate *st, int line, uint32_t steps) {
+    st->n_ticks += steps;
+    if (!st->deadline_ns || st->n_ticks < 4096) return KILN_OK;
+    st->n_ticks = 0;
+    if (kiln_now_ns() > st->deadline_ns)
+        return rt_error(st, line, KILN_ERR_LIMIT, "template render exceeds the time limit of %llu ms",
+                        (unsigned long long)st->lim.max_time_ms);
+    return KILN_OK;
+}
 size_t rs_max_output(rstate *st) { return st->lim.max_output_bytes; }
 uint64_t rs_max_iterations(rstate *st) { return st->lim.max_iterations; }
 
@@ -41,6 +53,7 @@ void kiln_template_limits_default(kiln_template_limits *lim) {
     lim->max_memory_bytes = 256u << 20;
     lim->max_iterations = 2000000;
     lim->max_depth = 500;
+    lim->max_time_ms = 10000;
 }
 
 kiln_err rt_error(rstate *st, int line, kiln_err code, const char *fmt, ...) {
@@ -389,6 +402,8 @@ static kiln_err type_error_op(rstate *st, int line, const char *op, tval a, tval
 
 static kiln_err repeat(rstate *st, int line, tval seq, int64_t times, tval *out) {
     if (times < 0) times = 0;
+    /* an empty sequence repeated any number of times is empty: never loop `times` times */
+    if ((seq.t == TV_STR && seq.s.n == 0) || (seq.t == TV_LIST && !seq.l->iter_type && seq.l->n == 0)) times = 0;
     if (seq.t == TV_STR) {
         size_t total;
         if (!kiln_mul_size(seq.s.n, (size_t)times, &total) || total > st->lim.max_output_bytes)
@@ -628,11 +643,13 @@ static kiln_err contains(rstate *st, int line, tval item, tval seq, bool *out) {
         *out = false;
         bool gen = tl_is_generator(seq.l);
         size_t i;
-        for (i = gen ? seq.l->pos : 0; i < seq.l->n; i++)
+        for (i = gen ? seq.l->pos : 0; i < seq.l->n; i++) {
+            if ((i & 1023) == 1023 && rt_tick(st, line, 1024)) return KILN_ERR_LIMIT;
             if (tv_equal(seq.l->items[i], item)) {
                 *out = true;
                 break;
             }
+        }
         if (gen) seq.l->pos = KILN_MIN(i + 1, seq.l->n); /* `in` consumes a generator up to the match */
         return KILN_OK;
     }
@@ -1059,7 +1076,7 @@ kiln_err rt_iter_list(rstate *st, int line, tval v, tlist **out) {
 static kiln_err count_iter(rstate *st, int line) {
     if (++st->n_iters > st->lim.max_iterations)
         return rt_error(st, line, KILN_ERR_LIMIT, "template exceeds the limit of %llu loop iterations", (unsigned long long)st->lim.max_iterations);
-    return KILN_OK;
+    return rt_tick(st, line, 1);
 }
 
 static kiln_err run_for(rstate *st, scope *sc, const node *n, tval iter, int depth) {
@@ -1338,6 +1355,7 @@ kiln_err kiln_template_render(const kiln_template *t, const json_t *ctx,
     if (lim) st.lim = *lim;
     else kiln_template_limits_default(&st.lim);
     arena_init(&st.a, st.lim.max_memory_bytes);
+    if (st.lim.max_time_ms) st.deadline_ns = kiln_now_ns() + st.lim.max_time_ms * 1000000ull;
     kiln_err err = KILN_OK;
     st.root = scope_new(&st, NULL);
     if (!st.root) {

@@ -19,9 +19,10 @@ typedef struct kiln_template_limits {
     size_t max_memory_bytes;    /* bytes of the render arena (all values of one render) */
     uint64_t max_iterations;    /* loop iterations + macro calls over the whole render */
     int max_depth;              /* nesting of macro calls / recursive loops / expressions */
+    uint64_t max_time_ms;       /* wall-clock budget of one render; 0 = none */
 } kiln_template_limits;
 
-/* Defaults: 8 MiB output, 256 MiB memory, 2M iterations, depth 500. */
+/* Defaults: 8 MiB output, 256 MiB memory, 2M iterations, depth 500, 10 s. */
 void kiln_template_limits_default(kiln_template_limits *lim);
 
 /* Parses `len` bytes of Jinja source into *out (free with kiln_template_free).

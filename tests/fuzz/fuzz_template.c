@@ -28,6 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lim.max_iterations = 10000;
     lim.max_output_bytes = 64 << 10;
     lim.max_memory_bytes = 8 << 20;
+    lim.max_time_ms = 1000;
     kiln_template *t = NULL;
     if (kiln_template_parse((const char *)data, size, &t) == KILN_OK) {
         kiln_buf out;

@@ -135,6 +135,17 @@ static void test_hostile_loops(void) {
     expect_error("{% for x in range(1000) %}{% for y in range(1000) %}{{ x }}{% endfor %}{% endfor %}", NULL, &lim,
                  KILN_ERR_LIMIT, NULL);
     expect_error("{{ 10 ** 100 }}", NULL, &lim, KILN_ERR_LIMIT, "overflow");
+    /* superlinear work inside one builtin or over huge dicts is stopped by the time budget */
+    kiln_template_limits quick;
+    kiln_template_limits_default(&quick);
+    quick.max_time_ms = 100;
+    double t0 = kiln_now_s();
+    expect_error("{{ range(200000) | unique | list | length }}", NULL, &quick, KILN_ERR_LIMIT, "time limit");
+    expect_error("{% set l = range(100000) | list %}{% for i in range(100000) %}{% if -1 in l %}{% endif %}{% endfor %}",
+                 NULL, &quick, KILN_ERR_LIMIT, "time limit");
+    CHECK_MSG(kiln_now_s() - t0 < 5.0, "time limits took %.1f s", kiln_now_s() - t0);
+    /* empty sequences times a huge count: empty at once (this once spun for 10^15 rounds) */
+    expect_render("{{ [] * 10**15 }}{{ '' * 10**18 }}{{ () * 10**15 }}|{{ ([] * 10**15) | length }}", NULL, "[]()|0");
     /* long but legitimate loops stay within the default memory limit: iteration scopes are
      * reused, not accumulated */
     expect_render("{% set ns = namespace(n=0) %}{% for i in range(300000) %}{% set x = i %}{% set ns.n = x %}"
@@ -330,6 +341,7 @@ static void test_mini_fuzz(void) {
     lim.max_iterations = 20000;
     lim.max_output_bytes = 256 << 10;
     lim.max_memory_bytes = 16 << 20;
+    lim.max_time_ms = 200;
     kiln_rng rng;
     kiln_rng_seed(&rng, 1234);
     double t0 = kiln_now_s();
