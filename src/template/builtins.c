@@ -1353,7 +1353,7 @@ static kiln_err do_tojson(rstate *st, int line, tval v, call_args *ca, tval *out
     return KILN_OK;
 }
 
-kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca, tval *out) {
+static kiln_err filter_impl(rstate *st, int line, const char *name, tval v, call_args *ca, tval *out) {
     kiln_err err;
     tval a0, s;
     if (!strcmp(name, "tojson")) return do_tojson(st, line, v, ca, out);
@@ -1974,4 +1974,23 @@ kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca
         return KILN_OK;
     }
     return rt_error(st, line, KILN_ERR_UNSUPPORTED, "filter '%s' is not supported by kiln", name);
+}
+
+/* jinja2's select/map/items/unique/batch/slice are generators: a failure (input not iterable, a
+ * test that raises) surfaces only when the result is iterated, and never if it is not. */
+kiln_err bi_filter(rstate *st, int line, const char *name, tval v, call_args *ca, tval *out) {
+    static const char *const lazy[] = {"select", "reject", "selectattr", "rejectattr", "map", "unique",
+                                       "batch", "items", "slice"};
+    kiln_err err = filter_impl(st, line, name, v, ca, out);
+    if (err == KILN_OK || err == KILN_ERR_NOMEM || err == KILN_ERR_LIMIT) return err;
+    bool is_lazy = false;
+    for (size_t i = 0; i < KILN_ARRAY_LEN(lazy); i++) is_lazy |= !strcmp(lazy[i], name);
+    if (!is_lazy) return err;
+    tlist *g = tl_new(A(st), 0);
+    char *msg = arena_strndup(A(st), kiln_errmsg(), strlen(kiln_errmsg()));
+    if (!g || !msg) return rt_nomem(st, line);
+    g->err_msg = msg;
+    g->err_code = err;
+    *out = mkiter(g, "generator");
+    return KILN_OK;
 }

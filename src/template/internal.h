@@ -76,6 +76,8 @@ struct tlist {
     const char *iter_type;
     size_t pos;            /* generators: items before pos were consumed by an iteration */
     bool group;            /* a groupby() (grouper, list) tuple: has those two attributes */
+    const char *err_msg;   /* a generator whose creation failed: iterating it raises this */
+    kiln_err err_code;
 };
 struct tdict {
     tval *keys;

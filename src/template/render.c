@@ -641,6 +641,7 @@ static kiln_err contains(rstate *st, int line, tval item, tval seq, bool *out) {
         return KILN_OK;
     case TV_LIST: {
         *out = false;
+        if (seq.l->err_msg) return kiln_errf(seq.l->err_code, "%s", seq.l->err_msg);
         bool gen = tl_is_generator(seq.l);
         size_t i;
         for (i = gen ? seq.l->pos : 0; i < seq.l->n; i++) {
@@ -975,7 +976,10 @@ static kiln_err assign(rstate *st, scope *sc, const node *target, tval v) {
         if (v.t == TV_UNDEF) return rt_undef_error(st, target->line, v);
         tlist *l;
         tlist tmp = {0};
-        if (v.t == TV_LIST) {
+        if (v.t == TV_LIST && v.l->iter_type && tl_is_generator(v.l)) {
+            kiln_err err = rt_iter_list(st, target->line, v, &l); /* consumes, or raises a deferred error */
+            if (err) return err;
+        } else if (v.t == TV_LIST) {
             l = v.l;
         } else if (v.t == TV_DICT) {
             tmp.items = v.d->keys;
@@ -1031,6 +1035,7 @@ static kiln_err capture(rstate *st, scope *sc, const node *body, tval *out) {
 kiln_err rt_iter_list(rstate *st, int line, tval v, tlist **out) {
     switch (v.t) {
     case TV_LIST:
+        if (v.l->err_msg) return kiln_errf(v.l->err_code, "%s", v.l->err_msg);
         if (tl_is_generator(v.l)) {
             /* a Python generator is consumed by iterating it: the next iteration sees the rest */
             tlist *rest = tl_new(&st->a, 0);

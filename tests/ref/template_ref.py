@@ -335,6 +335,9 @@ SNIPPETS = [
     "{% extends 'base.jinja' %}z",
     "{{ 'a b/c?d=é&x' | urlencode }}|{{ {'q': 'a b', 'n': 1, 'u': 'ü/'} | urlencode }}|{{ [('k', 'v w'), ('z', 2)] | urlencode }}|{{ 42 | urlencode }}",
     "<a{{ {'href': 'x?a=1&b=\"2\"', 'n': none, 'id': 3} | xmlattr }}>|{{ {'a': 1} | xmlattr(false) }}|{{ {} | xmlattr }}|",
+    "{% set g = n | select('odd') %}{{ g is iterable }}{{ g is sequence }}{{ g is string }}{{ (not g) }}{{ (5 | map('string')) is defined }}{{ ('x' | items) is none }}|{% set a, b = l | select('odd') %}{{ a }}{{ b }}",
+    "{% set g = n | select('odd') %}{% for x in g %}{{ x }}{% endfor %}",
+    "{{ 3 in ('abc' | select('odd')) }}",
     "{{ d | tojson(indent='\t') }}|{{ [1, [2]] | tojson(indent='--') }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}",
 ]
 
