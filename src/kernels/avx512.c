@@ -379,8 +379,16 @@ static void q_gemv_part(void *ctx, int ith, int nth) {
         for (int64_t g = lo; g < hi; g++)
             for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
                 int nc = (int)KILN_MIN(4, j->n_x - c0);
-                if (j->t == KILN_WTYPE_Q4_0) q_gemv8(KILN_WTYPE_Q4_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
-                else q_gemv8(KILN_WTYPE_Q8_0, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, nc, j->y);
+                /* nc as a constant: the single-row case (decode) gets its own code */
+#define GEMV(T, NC) q_gemv8(T, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, NC, j->y)
+                if (j->t == KILN_WTYPE_Q4_0) {
+                    if (nc == 1) GEMV(KILN_WTYPE_Q4_0, 1);
+                    else GEMV(KILN_WTYPE_Q4_0, nc);
+                } else {
+                    if (nc == 1) GEMV(KILN_WTYPE_Q8_0, 1);
+                    else GEMV(KILN_WTYPE_Q8_0, nc);
+                }
+#undef GEMV
             }
 }
 
