@@ -9,7 +9,8 @@
 #   3. (first type only) ITL at concurrency 16 without and with long prompts (1,000 tokens,
 #      one output token, Poisson 0.2/s) arriving, with --max-num-batched-tokens $CHUNK.
 # Prints markdown tables; raw JSON lines go to build/bench-serve/. Takes ~10-20 minutes on the
-# 2-core machine; run it when the machine is quiet. Env: TYPES, CONC, IN, OUT, CHUNK, THREADS.
+# 2-core machine; run it when the machine is quiet. Env: TYPES, CONC, IN, OUT, CHUNK, THREADS,
+# PARTS (default "sweep prefix itl": which of 1-3 to run).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/build/release/kiln
@@ -22,6 +23,8 @@ IN=${IN:-32}
 OUT=${OUT:-32}
 CHUNK=${CHUNK:-64}
 THREADS=${THREADS:-0}
+PARTS=${PARTS:-"sweep prefix itl"}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -x "$bin" ] || make -C "$root" -j2 >/dev/null
 
 srv_pid=""
@@ -60,6 +63,7 @@ for t in $TYPES; do
     [ -f "$m" ] || /usr/bin/python3 "$root/tools/gen_model.py" "$m" --preset tinyllama-1.1b --type "$t"
     start_server "$m"
     bs --concurrency 1 --num-prompts 1 --input-len 8 --output-len 2 >/dev/null # page weights in
+    if has sweep; then
     echo
     echo "### TinyLlama-1.1B shape, ${t^^}: concurrency sweep ($IN prompt + $OUT output tokens)"
     echo
@@ -74,8 +78,8 @@ for t in $TYPES; do
         [ -z "$base" ] && base=$tps
         field "$j" '"| %d | %d | %.1f | %.2fx | %.2f | %.0f / %.0f | %.0f | %.0f / %.0f | %.0f |" % (r["concurrency"], r["completed"], r["output_throughput"], r["output_throughput"] / '"$base"', r["request_throughput"], r["ttft_ms"]["p50"], r["ttft_ms"]["p99"], r["tpot_ms"]["p50"], r["itl_ms"]["p50"], r["itl_ms"]["p99"], r["e2e_ms"]["p50"])'
     done
-    if [ "$first" = 1 ]; then
-        first=0
+    fi
+    if [ "$first" = 1 ] && has prefix; then
         echo
         echo "### ${t^^}: TTFT with a cached 1,000-token prefix (concurrency 1, 1,016-token prompts, 4 output tokens)"
         echo
@@ -88,6 +92,8 @@ for t in $TYPES; do
         j=$(bs --concurrency 1 --num-prompts 4 --input-len 1016 --output-len 4 --shared-prefix-len 1000 --seed 8)
         echo "$j" >>"$out/prefix-$t.jsonl"
         field "$j" '"| 1,000-token prefix cached | %d | %.0f | %.0f |" % (r["completed"], r["ttft_ms"]["p50"], r["ttft_ms"]["mean"])'
+    fi
+    if [ "$first" = 1 ] && has itl; then
         stop_server
         start_server "$m" --max-num-batched-tokens "$CHUNK"
         bs --concurrency 1 --num-prompts 1 --input-len 8 --output-len 2 >/dev/null
@@ -106,6 +112,7 @@ for t in $TYPES; do
         echo "$j" >>"$out/itl-$t.jsonl"
         field "$j" '"| 16 streams + 1,000-token prompts | %.0f | %.0f | %.0f | %.1f |" % (r["itl_ms"]["p50"], r["itl_ms"]["p90"], r["itl_ms"]["p99"], r["output_throughput"])'
     fi
+    first=0
     stop_server
 done
 echo
