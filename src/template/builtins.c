@@ -1527,7 +1527,9 @@ static kiln_err filter_impl(rstate *st, int line, const char *name, tval v, call
             for (size_t i = 1; i < n; i++) {
                 bool ok;
                 int c = tv_compare(it[i].key, it[best].key, &ok);
-                if (!ok) return rt_error(st, line, KILN_ERR_INVALID, "'<' not supported between instances of '%s' and '%s'", tv_type_name(it[i].key), tv_type_name(it[best].key));
+                if (!ok)
+                    return rt_error(st, line, KILN_ERR_INVALID, "'%s' not supported between instances of '%s' and '%s'",
+                                    name[1] == 'i' ? "<" : ">", tv_type_name(it[i].key), tv_type_name(it[best].key));
                 if (name[1] == 'i' ? c < 0 : c > 0) best = i;
             }
             *out = it[best].val;
@@ -1574,6 +1576,8 @@ static kiln_err filter_impl(rstate *st, int line, const char *name, tval v, call
     }
     if (!strcmp(name, "indent")) {
         if (v.t == TV_UNDEF) return rt_undef_error(st, line, v);
+        if (v.t == TV_LIST && !v.l->tuple && !v.l->iter_type) /* list += str extends it; then no splitlines */
+            return rt_error(st, line, KILN_ERR_INVALID, "'list' object has no attribute 'splitlines'");
         if (v.t != TV_STR) return rt_error(st, line, KILN_ERR_INVALID, "unsupported operand type(s) for +=: '%s' and 'str'", tv_type_name(v));
         if ((err = do_indent(st, line, v, ca, out))) return err;
         out->safe = v.t == TV_STR && v.safe;

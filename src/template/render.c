@@ -523,7 +523,10 @@ static kiln_err binop_v(rstate *st, int line, binop op, tval a, tval b, tval *ou
                 r = fmod(x, y);
                 if (r != 0 && ((r < 0) != (y < 0))) r += y;
                 break;
-            case OP_POW: r = pow(x, y); break;
+            case OP_POW:
+                if (x == 0 && y < 0) return rt_error(st, line, KILN_ERR_INVALID, "0.0 cannot be raised to a negative power");
+                r = pow(x, y);
+                break;
             default: return KILN_ERR_INVALID;
             }
             *out = tv_float(r);
@@ -556,6 +559,7 @@ static kiln_err binop_v(rstate *st, int line, binop op, tval a, tval b, tval *ou
         }
         case OP_POW:
             if (y < 0) {
+                if (x == 0) return rt_error(st, line, KILN_ERR_INVALID, "0.0 cannot be raised to a negative power");
                 *out = tv_float(pow((double)x, (double)y));
                 return KILN_OK;
             }
