@@ -89,6 +89,7 @@ typedef struct ereq {
     int32_t n_done;            /* finished choices */
     int32_t n_completion;      /* generated tokens over all choices */
     bool cancel_requested;     /* under mu: kiln_engine_cancel was called */
+    bool admitted_shared;      /* under mu: a choice was admitted (no longer queued) */
     bool cancelled;            /* engine: the cancel was seen */
     bool failed;               /* engine: an error ends this request at the end of the step */
     kiln_err fail_err;
@@ -589,6 +590,18 @@ kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
         pthread_mutex_unlock(&e->mu);
         err = kiln_errf(KILN_ERR_FULL, "engine: %d requests are already queued (limit %d)",
                         (int)n_q, (int)e->opts.max_queued_requests);
+        goto out_free;
+    }
+    /* Fair share of the queue: one client holds at most half of it (at least 1), so the others
+     * always find room. */
+    int32_t share = KILN_MAX(1, (e->opts.max_queued_requests + 1) / 2), n_mine = 0;
+    for (ereq *o = e->all_head; o && n_mine < share; o = o->anext)
+        n_mine += o->client == q->client && !o->admitted_shared && !o->cancel_requested;
+    if (n_mine >= share && share < e->opts.max_queued_requests) {
+        pthread_mutex_unlock(&e->mu);
+        err = kiln_errf(KILN_ERR_FULL,
+                        "engine: this client already has %d queued requests, its share (half) of "
+                        "the queue of %d", (int)n_mine, (int)e->opts.max_queued_requests);
         goto out_free;
     }
     if (e->opts.max_queued_tokens > 0 &&
@@ -1119,6 +1132,9 @@ static int32_t step(kiln_engine *e) {
         if (!s->req->started) {
             ereq *q = s->req;
             q->started = true;
+            pthread_mutex_lock(&e->mu);
+            q->admitted_shared = true;
+            pthread_mutex_unlock(&e->mu);
             q->queue_ns = (int64_t)(kiln_now_ns() - q->t_submit_ns);
             q->n_cached = n_hit;
             e->n_waiting_reqs--;

@@ -163,8 +163,10 @@ int32_t kiln_engine_max_model_len(const kiln_engine *e);
  * KILN_ERR_LIMIT: n_prompt + max_tokens (or n_prompt alone) exceeds kiln_engine_max_model_len;
  *   the message has the numbers ("maximum context length is 512 tokens, requested 600 tokens
  *   (100 in the prompt, 500 in the completion)"); *field = "max_tokens" or "prompt".
- * KILN_ERR_FULL: max_queued_requests accepted requests are already waiting, or their prompts
- *   plus this one exceed max_queued_tokens (HTTP 503 with Retry-After); nothing is counted.
+ * KILN_ERR_FULL: max_queued_requests accepted requests are already waiting, or this request's
+ *   client (kiln_request.client) already has half of them (at least 1; when the limit is 2 or
+ *   more), or the waiting prompts plus this one exceed max_queued_tokens (HTTP 503 with
+ *   Retry-After); nothing is counted.
  * KILN_ERR_NOMEM. On any error nothing was queued and no event will come. */
 kiln_err kiln_engine_submit(kiln_engine *e, const kiln_request *r, uint64_t *id,
                             const char **field);

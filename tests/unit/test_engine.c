@@ -521,10 +521,12 @@ static void queue_full(void) {
     req_out *o = outs_new(8);
     int32_t n_ok = 0;
     kiln_err err = KILN_OK;
+    static const char *const clients[8] = {"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"};
     for (int32_t i = 0; i < 8; i++) {
         kiln_request r;
         greedy_request(&r, prompt, 5, -1);
         r.ignore_eos = true;
+        r.client = clients[i]; /* distinct clients: the global limit, not one client's share */
         r.user = &o[i];
         uint64_t id = 0;
         err = kiln_engine_submit(e, &r, &id, NULL);
@@ -1227,6 +1229,46 @@ static void fair_share_and_queued_tokens(void) {
     outs_free(o, 8);
 }
 
+/* Fair share of the queue: one client cannot take more than half of max_queued_requests, so
+ * another client still finds room; when the first client's requests run, it may queue again. */
+static void queue_share_per_client(void) {
+    kiln_engine_opts opts;
+    kiln_engine_opts_default(&opts);
+    opts.max_num_seqs = 1;
+    opts.max_queued_requests = 4;
+    opts.kv_cache_bytes = 4 << 20;
+    kiln_engine *e = engine_new(&opts);
+    if (!e) return;
+    const int32_t prompt[5] = {1, 403, 407, 261, 378};
+    req_out *o = outs_new(8);
+    kiln_request r;
+    greedy_request(&r, prompt, 5, 60);
+    r.ignore_eos = true;
+    r.client = "A";
+    int32_t n_a = 0;
+    kiln_err err = KILN_OK;
+    for (; n_a < 6; n_a++) {
+        uint64_t id = 0;
+        r.user = &o[n_a];
+        o[n_a].n = 1;
+        err = kiln_engine_submit(e, &r, &id, NULL);
+        if (err != KILN_OK) break;
+        o[n_a].id = id;
+    }
+    CHECK_EQ_INT(err, KILN_ERR_FULL);
+    /* 2 queued (its share) plus possibly the one already running. */
+    CHECK_MSG(n_a == 2 || n_a == 3, "client A got %d requests in", (int)n_a);
+    r.client = "B";
+    submit_ok(e, &r, &o[6]); /* room left for B, though A asked for more */
+    collect(e, o, n_a);
+    collect(e, &o[6], 1);
+    for (int32_t i = 0; i < n_a; i++) CHECK_EQ_INT(o[i].term, KILN_EVENT_DONE);
+    CHECK_EQ_INT(o[6].term, KILN_EVENT_DONE);
+    check_idle(e);
+    kiln_engine_free(e);
+    outs_free(o, 8);
+}
+
 static pthread_mutex_t g_notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_notified;
 static void notify_cb(void *ctx) {
@@ -1396,6 +1438,7 @@ int main(void) {
     RUN(random_mix_stress);
     RUN(prefix_cache_reuse);
     RUN(fair_share_and_queued_tokens);
+    RUN(queue_share_per_client);
     RUN(notify_and_free_in_flight);
     RUN(submit_allocation_failures);
     RUN(engine_allocation_failure);

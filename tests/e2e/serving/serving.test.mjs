@@ -208,11 +208,12 @@ test('eviction: cached blocks are reused, evicted when another prompt needs the 
 test('queue overflow: 503 with Retry-After before any work, nothing charged; a prompt over the queued-token limit is a 400', async () => {
   const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true });
   await busy.first;
-  const queued = [complete(TIGHT, 'Lily and Tom', { max_tokens: 4 }),
-    complete(TIGHT, 'The big dog', { max_tokens: 4 })];
+  const queued = [complete(TIGHT, 'Lily and Tom', { max_tokens: 4 }, { 'X-Client-Name': 'q1' }),
+    complete(TIGHT, 'The big dog', { max_tokens: 4 }, { 'X-Client-Name': 'q2' })];
   await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 2, '2 waiting');
   const m0 = await metrics(TIGHT);
-  const r = await post(TIGHT, '/v1/completions', { model: MODEL, prompt: 'One more', max_tokens: 4 });
+  const r = await post(TIGHT, '/v1/completions', { model: MODEL, prompt: 'One more', max_tokens: 4 },
+    { 'X-Client-Name': 'q3' });
   assert.equal(r.status, 503, r.text);
   assert.ok(/^[0-9]+$/.test(r.headers.get('retry-after') || ''), `Retry-After: ${r.headers.get('retry-after')}`);
   assert.equal(r.json.error.code, 'queue_full');
@@ -234,6 +235,23 @@ test('queue overflow: 503 with Retry-After before any work, nothing charged; a p
     const m = await metrics(TIGHT);
     return m['vllm:num_requests_running'] === 0 && m['vllm:kv_cache_usage_perc'] === 0;
   }, 'idle');
+});
+
+test('queue share: one client cannot hold more than half of the queue (X-Client-Name)', async () => {
+  const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true });
+  await busy.first;
+  const hog = complete(TIGHT, 'Hog one', { max_tokens: 4 }, { 'X-Client-Name': 'hog' });
+  await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 1, '1 waiting');
+  const r = await post(TIGHT, '/v1/completions', { model: MODEL, prompt: 'Hog two', max_tokens: 4 },
+    { 'X-Client-Name': 'hog' });
+  assert.equal(r.status, 503, r.text);
+  assert.equal(r.json.error.code, 'queue_full');
+  assert.ok(r.headers.get('retry-after'));
+  const other = complete(TIGHT, 'Other one', { max_tokens: 4 }, { 'X-Client-Name': 'other' });
+  await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 2, '2 waiting');
+  busy.abort();
+  const [a, b] = await Promise.all([hog, other]);
+  assert.ok(a.text.length > 0 && b.text.length > 0);
 });
 
 test("fair share: one client's backlog does not starve another client's request", async () => {
