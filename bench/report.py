@@ -63,12 +63,11 @@ def load_of(path):
         return None
 
 
-def source(json_path):
-    """The commit bench/run.sh recorded when it started (source.txt beside the reports)."""
+def source_of(json_path):
+    """The commit bench/run.sh recorded for this report (NAME.source beside NAME.json)."""
     try:
-        with open(os.path.join(os.path.dirname(json_path), "source.txt")) as f:
-            lines = f.read().split("\n", 1)
-        return lines[0].strip() + (" plus uncommitted changes in src/" if len(lines) > 1 and lines[1].strip() else "")
+        with open(json_path[:-5] + ".source") as f:
+            return f.read().strip() or "unknown"
     except OSError:
         return "unknown"
 
@@ -103,7 +102,9 @@ def main():
             " (threads: %s) on random-weight models with the real shapes (tools/gen_model.py presets)."
             % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), pp[0][2:] if pp else "0",
                tg[0][2:] if tg else "0", reps, threads),
-            "Source: commit %s." % source(paths[0]),
+            "Source: %s." % "; ".join(
+                "commit %s (%s)" % (src, ", ".join(os.path.basename(p)[:-5] for p in paths if source_of(p) == src))
+                for src in sorted({source_of(p) for p in paths})),
             "Each figure: median of %d runs, and in parentheses the best run (min time). tg is the"
             " aggregate over the batch (b sequences decoding together from an empty cache)." % reps,
             "",

@@ -34,8 +34,9 @@ list=()
 for t in f16 q8_0 q4_0 q4_k_m; do
     list+=("tl-$t.gguf tinyllama-1.1b $t" "smol-$t.gguf smollm-135m $t")
 done
-# the source the figures come from, for the report
-{ git rev-parse --short HEAD 2>/dev/null || echo "?"; git status --short --untracked-files=no src 2>/dev/null | head -c 1; } >"$out/source.txt"
+# the source the figures come from, recorded beside each report
+source=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+[ -n "$(git status --short --untracked-files=no src 2>/dev/null)" ] && source="$source plus uncommitted changes in src/"
 jsons=()
 t0=$SECONDS
 for entry in "${list[@]}"; do
@@ -45,6 +46,7 @@ for entry in "${list[@]}"; do
     j="$out/${1%.gguf}.json"
     echo "kiln bench -m $models/$1 -p $p -n $n -b 1,4,16 --reps $reps ${targs[*]:-}"
     uptime >"$out/${1%.gguf}.load"
+    echo "$source" >"$out/${1%.gguf}.source"
     "$kiln" bench -m "$models/$1" -p "$p" -n "$n" -b 1,4,16 --reps "$reps" ${targs[@]+"${targs[@]}"} --json --roofline >"$j.part"
     uptime >>"$out/${1%.gguf}.load"
     mv "$j.part" "$j"
