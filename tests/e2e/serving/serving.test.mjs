@@ -206,11 +206,12 @@ test('eviction: cached blocks are reused, evicted when another prompt needs the 
 });
 
 test('queue overflow: 503 with Retry-After before any work, nothing charged; a prompt over the queued-token limit is a 400', async () => {
-  const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true });
+  // n = 30 choices run one after the other: the single slot stays busy until the abort.
+  const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true, n: 30 });
   await busy.first;
   const queued = [complete(TIGHT, 'Lily and Tom', { max_tokens: 4 }, { 'X-Client-Name': 'q1' }),
     complete(TIGHT, 'The big dog', { max_tokens: 4 }, { 'X-Client-Name': 'q2' })];
-  await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 2, '2 waiting');
+  await waitFor(async () => (await metrics(TIGHT)).kiln_num_requests_active === 3, '2 queued');
   const m0 = await metrics(TIGHT);
   const r = await post(TIGHT, '/v1/completions', { model: MODEL, prompt: 'One more', max_tokens: 4 },
     { 'X-Client-Name': 'q3' });
@@ -221,7 +222,7 @@ test('queue overflow: 503 with Retry-After before any work, nothing charged; a p
   const m1 = await metrics(TIGHT);
   assert.equal(m1.kiln_requests_submitted_total, m0.kiln_requests_submitted_total);
   assert.equal(m1['vllm:prompt_tokens_total'], m0['vllm:prompt_tokens_total']);
-  assert.equal(m1['vllm:num_requests_waiting'], 2);
+  assert.equal(m1.kiln_num_requests_active, 3);
   assert.equal(m1['kiln:requests_rejected_total'], m0['kiln:requests_rejected_total'] + 1);
   // 120 prompt tokens can never fit a 100-token queue: 400 at once, not 503.
   const long = Array.from({ length: 120 }, (_, i) => 100 + i);
@@ -238,17 +239,18 @@ test('queue overflow: 503 with Retry-After before any work, nothing charged; a p
 });
 
 test('queue share: one client cannot hold more than half of the queue (X-Client-Name)', async () => {
-  const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true });
+  // n = 30 choices run one after the other: the single slot stays busy until the abort.
+  const busy = stream(TIGHT, 'Once upon a time', { max_tokens: 400, ignore_eos: true, n: 30 });
   await busy.first;
   const hog = complete(TIGHT, 'Hog one', { max_tokens: 4 }, { 'X-Client-Name': 'hog' });
-  await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 1, '1 waiting');
+  await waitFor(async () => (await metrics(TIGHT)).kiln_num_requests_active === 2, '1 queued');
   const r = await post(TIGHT, '/v1/completions', { model: MODEL, prompt: 'Hog two', max_tokens: 4 },
     { 'X-Client-Name': 'hog' });
   assert.equal(r.status, 503, r.text);
   assert.equal(r.json.error.code, 'queue_full');
   assert.ok(r.headers.get('retry-after'));
   const other = complete(TIGHT, 'Other one', { max_tokens: 4 }, { 'X-Client-Name': 'other' });
-  await waitFor(async () => (await metrics(TIGHT))['vllm:num_requests_waiting'] === 2, '2 waiting');
+  await waitFor(async () => (await metrics(TIGHT)).kiln_num_requests_active === 3, '2 queued');
   busy.abort();
   const [a, b] = await Promise.all([hog, other]);
   assert.ok(a.text.length > 0 && b.text.length > 0);
