@@ -1246,7 +1246,11 @@ static kiln_err parse_statement(parser *p, node **out) {
         n = mk(p, N_FOR, line);
         if (!n) return NOMEM();
         TRY(parse_assign_target(p, true, false, "in", false, &n->a));
-        if (!is_name(cur(p), "in")) return expect_type(p, TK_NAME, "name:in");
+        if (!is_name(cur(p), "in")) {
+            char b[80];
+            if (cur(p)->type == TK_EOF) return syntax(cur(p)->line, "unexpected end of template, expected 'in'.");
+            return syntax(cur(p)->line, "expected token 'in', got '%s'", describe(cur(p), b, sizeof b));
+        }
         adv(p);
         TRY(parse_tuple(p, false, false, "recursive", false, &n->b));
         p->soft = false;
@@ -1404,6 +1408,7 @@ static kiln_err parse_statement(parser *p, node **out) {
     }
     p->soft = soft;
     p->n_tags--;
+    KILN_ASSERT(n != NULL); /* every branch above builds its node or returns an error */
     *out = n;
     return KILN_OK;
 }

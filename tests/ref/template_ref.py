@@ -300,6 +300,7 @@ SNIPPETS = [
     "{% set x = [1, 2 %}",
     "{{ 'unterminated }}",
     "{% frobnicate %}",
+    "{% for x messages %}{% endfor %}",
     "{{ (1, 2) | tojson }}{{ {'a': (1, 2)} | tojson }}{{ d.items() | list | tojson }}",
     "{{ messages is defined }}{{ msgs | length > 2 }}{{ (msgs | last).content }}{{ msgs[-1]['content'] | trim }}",
     "{% set x = {'a': 1, 'b': none} %}{{ x }}{{ x | tojson }}{{ x.a }}{% for k, v in x | dictsort %}{{ k }}{{ v }}{% endfor %}",

@@ -77,6 +77,9 @@ static void test_syntax_errors_carry_line(void) {
     expect_error("{{ x | no_such_filter }}", NULL, NULL, KILN_ERR_FORMAT, "No filter named 'no_such_filter'.");
     expect_error("{{ (1 ]}}", NULL, NULL, KILN_ERR_FORMAT, NULL);
     expect_error("{% macro m(a=1, b) %}{% endmacro %}", NULL, NULL, KILN_ERR_FORMAT, "non-default argument");
+    /* found by libFuzzer: a for without `in` once parsed to a NULL statement */
+    expect_error("{% for x messages %}{% endfor %}", NULL, NULL, KILN_ERR_FORMAT, "expected token 'in', got 'messages'");
+    expect_error("{% for x", NULL, NULL, KILN_ERR_FORMAT, NULL);
 }
 
 static void test_runtime_errors(void) {
