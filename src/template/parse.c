@@ -237,20 +237,21 @@ static kiln_err lex_tag(lexer *lx, bool is_block, bool *strip_after, bool *trim_
             }
         }
         if (isdigit((unsigned char)c) && !(i > 0 && s[i - 1] == '.')) {
+            /* digits (underscores dropped) collected in the arena: literals may be any length */
             size_t j = i;
-            char num[128];
-            size_t k = 0;
+            sbuf num;
+            sb_init(&num, lx->a, 0);
             bool is_float = false;
             while (j < lx->n && (isdigit((unsigned char)s[j]) || (s[j] == '_' && j + 1 < lx->n && isdigit((unsigned char)s[j + 1])))) {
-                if (s[j] != '_' && k < sizeof num - 1) num[k++] = s[j];
+                if (s[j] != '_') sb_addc(&num, s[j]);
                 j++;
             }
             if (j + 1 < lx->n && s[j] == '.' && isdigit((unsigned char)s[j + 1])) {
                 is_float = true;
-                num[k++] = '.';
+                sb_addc(&num, '.');
                 j++;
                 while (j < lx->n && (isdigit((unsigned char)s[j]) || (s[j] == '_' && j + 1 < lx->n && isdigit((unsigned char)s[j + 1])))) {
-                    if (s[j] != '_' && k < sizeof num - 1) num[k++] = s[j];
+                    if (s[j] != '_') sb_addc(&num, s[j]);
                     j++;
                 }
             }
@@ -259,22 +260,23 @@ static kiln_err lex_tag(lexer *lx, bool is_block, bool *strip_after, bool *trim_
                 if (m < lx->n && (s[m] == '+' || s[m] == '-')) m++;
                 if (m < lx->n && isdigit((unsigned char)s[m])) {
                     is_float = true;
-                    for (size_t q = j; q < m && k < sizeof num - 1; q++) num[k++] = s[q];
+                    sb_add(&num, s + j, m - j);
                     j = m;
                     while (j < lx->n && (isdigit((unsigned char)s[j]) || s[j] == '_')) {
-                        if (s[j] != '_' && k < sizeof num - 1) num[k++] = s[j];
+                        if (s[j] != '_') sb_addc(&num, s[j]);
                         j++;
                     }
                 }
             }
-            num[k] = 0;
+            sb_addc(&num, 0);
+            if (num.failed) return kiln_errf(KILN_ERR_NOMEM, "out of memory parsing template");
             tval v;
             if (is_float) {
-                v = tv_float(strtod(num, NULL));
+                v = tv_float(strtod(num.p, NULL));
             } else {
                 errno = 0;
                 char *endp;
-                long long x = strtoll(num, &endp, 10);
+                long long x = strtoll(num.p, &endp, 10);
                 if (errno) return syntax(lx->line, "integer literal too large");
                 v = tv_int(x);
             }

@@ -80,6 +80,17 @@ static void test_syntax_errors_carry_line(void) {
     /* found by libFuzzer: a for without `in` once parsed to a NULL statement */
     expect_error("{% for x messages %}{% endfor %}", NULL, NULL, KILN_ERR_FORMAT, "expected token 'in', got 'messages'");
     expect_error("{% for x", NULL, NULL, KILN_ERR_FORMAT, NULL);
+    /* found by libFuzzer: a number literal longer than a fixed buffer (UBSan index out of bounds) */
+    char *lit = kiln_malloc(700);
+    memset(lit, '1', 690);
+    memcpy(lit, "{{ ", 3);
+    lit[300] = '.';
+    memcpy(lit + 690, " > 1 }}", 8);
+    char *got = NULL;
+    CHECK_EQ_INT(render_src(lit, NULL, NULL, &got), KILN_OK);
+    CHECK_STR(got, "True");
+    kiln_free(got);
+    kiln_free(lit);
 }
 
 static void test_runtime_errors(void) {
