@@ -29,8 +29,12 @@ else ifeq ($(VARIANT),asan)
 else ifeq ($(VARIANT),ubsan)
   OPT := -O1 -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined
   LDLIBS += -fsanitize=undefined
+else ifeq ($(VARIANT),fuzz)
+  CC := clang
+  OPT := -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined
+  LDLIBS += -fsanitize=address,undefined
 else
-  $(error unknown VARIANT=$(VARIANT): use release, debug, asan or ubsan)
+  $(error unknown VARIANT=$(VARIANT): use release, debug, asan, ubsan or fuzz)
 endif
 CFLAGS := $(BASE_CFLAGS) $(OPT) $(EXTRA_CFLAGS)
 
@@ -91,12 +95,14 @@ bench: deps
 	$(MAKE) --no-print-directory VARIANT=release kiln
 	@bash bench/run.sh
 
-# libFuzzer drivers (clang): build/fuzz/fuzz_X
+# libFuzzer drivers (clang): build/fuzz/fuzz_X, each linked against a libkiln.a built with
+# -fsanitize=fuzzer-no-link (VARIANT=fuzz keeps the per-ISA kernel flags).
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 fuzz:
-	@mkdir -p build/fuzz
-	for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -std=c11 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) \
-	    -o build/fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lm -fopenmp -pthread || exit 1; done
+	$(MAKE) --no-print-directory VARIANT=fuzz $(FUZZ_BIN)
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/libkiln.a
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/libkiln.a $(LDLIBS)
 
 clean:
 	rm -rf build kiln

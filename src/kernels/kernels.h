@@ -137,6 +137,9 @@ typedef struct kiln_kernels {
     void (*axpy_rows)(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y);
 } kiln_kernels;
 
+/* True when the CPU has F16C (CPUID; clang's __builtin_cpu_supports does not know "f16c"). */
+bool kiln_cpu_has_f16c(void);
+
 /* The scalar reference table (always available). */
 extern const kiln_kernels kiln_kernels_ref;
 /* Per-ISA tables (avx2.c, avx512.c; compiled with those ISA flags): use them only through

@@ -445,7 +445,7 @@ static void pick_rows(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         rows = matmul_rows_avx2;
-        if (__builtin_cpu_supports("f16c")) int_rows = int_rows_avx2;
+        if (kiln_cpu_has_f16c()) int_rows = int_rows_avx2;
         /* KILN_KQUANT_NO_VNNI=1 keeps the AVX2 dot (tests run both on a VNNI machine) */
         const char *no_vnni = getenv("KILN_KQUANT_NO_VNNI");
         if (int_rows && !(no_vnni && *no_vnni == '1') && __builtin_cpu_supports("avx512f") &&
