@@ -141,15 +141,16 @@ def main():
         loads = [r["load"] for r in reports if r["load"]]
         busiest = max((max(l) for l in loads), default=0)
         cores = os.cpu_count() or 1
-        if busiest > cores * 0.75:
+        # the benchmark's own threads account for up to `cores` of the load average
+        if busiest > cores + 0.5:
             lines += ["**Loaded machine:** the 1-minute load average reached %.1f on %d cores during"
-                      " these runs (other engineers' builds and tests shared the CPU), so these"
+                      " these runs, more than the benchmark's own threads (other processes shared the CPU), so these"
                       " figures understate what the code does on a quiet machine; the ceilings"
                       " above were measured under the same load. Re-run `make bench` on a quiet"
                       " machine for the record." % (busiest, cores), ""]
         else:
-            lines += ["Load during the runs: 1-minute load average at most %.1f on %d cores." %
-                      (busiest, cores), ""]
+            lines += ["Quiet machine: 1-minute load average at most %.1f on %d cores during the runs,"
+                      " which the benchmark's own threads account for." % (busiest, cores), ""]
         lines += ["## llama.cpp reference (issue 6: build d32676d, 2 threads, TinyLlama-1.1B shape)", "",
                   "| type | pp512 tok/s | tg64 tok/s |", "|---|---:|---:|"]
         for t, (a, b) in LLAMA_CPP.items():
