@@ -25,37 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server LOG BIN ARGS... : starts kiln serve on a free port; sets srv_pid and srv_port.
-# (Not run in a subshell, so that the server is this shell's child: wait and the trap see it.)
-start_server() {
-    local log=$1 b=$2
-    shift 2
-    "$b" serve -m "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
-    local pid=$! port=""
-    pids+=("$pid")
-    for _ in $(seq 1 300); do
-        port=$(sed -n 's/.* on http:\/\/127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log" | head -n 1)
-        [ -n "$port" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -z "$port" ]; then
-        echo "e2e: server did not start ($b):" >&2
-        tail -n 20 "$log" >&2
-        return 1
-    fi
-    # wait for /health
-    for _ in $(seq 1 100); do
-        if node -e "fetch('http://127.0.0.1:$port/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"; then
-            srv_pid=$pid
-            srv_port=$port
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "e2e: /health never answered 200" >&2
-    return 1
-}
+suite=e2e
+# start_server LOG BIN ARGS...: see tests/suites/lib/server.sh
+source "$root/tests/suites/lib/server.sh"
 
 # run_node LABEL FILES... : node --test with TAP output; adds its counts.
 run_node() {

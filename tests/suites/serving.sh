@@ -24,28 +24,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server LOG BIN ARGS... : sets srv_pid and srv_port (the server is this shell's child).
-start_server() {
-    local log=$1 b=$2
-    shift 2
-    "$b" serve -m "$model" --served-model-name stories260K --host 127.0.0.1 --port 0 "$@" \
-        >"$log" 2>&1 &
-    local pid=$! port=""
-    pids+=("$pid")
-    for _ in $(seq 1 300); do
-        port=$(sed -n 's/.* on http:\/\/127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log" | head -n 1)
-        [ -n "$port" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -z "$port" ]; then
-        echo "serving: server did not start ($b $*):" >&2
-        tail -n 20 "$log" >&2
-        return 1
-    fi
-    srv_pid=$pid
-    srv_port=$port
-}
+suite=serving
+server_args=(--served-model-name stories260K)
+# start_server LOG BIN ARGS...: see tests/suites/lib/server.sh
+source "$root/tests/suites/lib/server.sh"
 
 sbin=$bin
 [ -x "$bin_asan" ] && sbin=$bin_asan
