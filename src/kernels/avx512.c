@@ -176,27 +176,27 @@ static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const ui
                                                           int nc, float *y) {
     const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
     const uint8_t *rp[8];
-    int32_t off[8];
     #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
-        off[i] = (int32_t)(rp[i] - rp[0]);
-    }
-    /* gather index of the scale of (row i, block b + k): lanes 0-7 block b, 8-15 block b + 1 */
-    const __m512i didx = _mm512_setr_epi32(off[0], off[1], off[2], off[3], off[4], off[5], off[6], off[7],
-                                           off[0] + (int)bb, off[1] + (int)bb, off[2] + (int)bb, off[3] + (int)bb,
-                                           off[4] + (int)bb, off[5] + (int)bb, off[6] + (int)bb, off[7] + (int)bb);
+    for (int i = 0; i < 8; i++) rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t b = 0;
     for (; b + 2 <= a->nb; b += 2) {
         __m512i wv[8];
+        /* past the row's end, prefetch the start of the same row of the next 8-row group */
+        int64_t pb = b + PREFETCH_BLOCKS;
+        size_t pf_off = pb < a->nb ? (size_t)pb * bb : 8 * row_bytes + (size_t)(pb - a->nb) * bb;
         #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
-            _mm_prefetch((const char *)(rp[i] + (size_t)(b + PREFETCH_BLOCKS) * bb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(rp[i] + pf_off), _MM_HINT_T0);
             wv[i] = unpack_pair(t, rp[i], b);
         }
-        __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
-        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+        /* scalar loads instead of a gather (a 16-lane gather stalls the front end) */
+#define D0(i) (short)block_d(t, rp[i], b)
+#define D1(i) (short)block_d(t, rp[i], b + 1)
+        __m512 dw = _mm512_cvtph_ps(_mm256_setr_epi16(D0(0), D0(1), D0(2), D0(3), D0(4), D0(5), D0(6), D0(7),
+                                                      D1(0), D1(1), D1(2), D1(3), D1(4), D1(5), D1(6), D1(7)));
+#undef D0
+#undef D1
         #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
             int64_t r = c0 + c;
