@@ -429,9 +429,13 @@ static inline __m512 load_w(kiln_wtype t, const void *row, int64_t k, __mmask16 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* Weight bytes ahead of the current position prefetched in each of the 4 row streams. */
+#define F_PREFETCH_BYTES 512
+
 static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, const uint8_t *const rp[4],
-                                                           const float *x, int64_t n_in, int64_t c0, float *y,
-                                                           int64_t n_out, int64_t o0) {
+                                                           size_t row_bytes, const float *x, int64_t n_in,
+                                                           int64_t c0, float *y, int64_t n_out, int64_t o0) {
+    const size_t esz = t == KILN_WTYPE_F32 ? 4 : 2;
     __m512 acc[4][4];
     #pragma GCC unroll 8
     for (int i = 0; i < 4; i++)
@@ -441,7 +445,13 @@ static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, 
         __mmask16 m = n_in - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_in - k)) - 1);
         __m512 wv[4];
         #pragma GCC unroll 8
-        for (int i = 0; i < 4; i++) wv[i] = load_w(t, rp[i], k, m);
+        for (int i = 0; i < 4; i++) {
+            /* past the row's end, the same row of the next 4-row group (a hint: never faults) */
+            size_t pf = (size_t)k * esz + F_PREFETCH_BYTES;
+            if (pf >= (size_t)n_in * esz) pf += 3 * row_bytes;
+            _mm_prefetch((const char *)(rp[i] + pf), _MM_HINT_T0);
+            wv[i] = load_w(t, rp[i], k, m);
+        }
         #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + (c0 + c) * n_in + k);
@@ -467,11 +477,11 @@ static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const voi
 #pragma GCC unroll 8
     for (int i = 0; i < 4; i++) rp[i] = (const uint8_t *)w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
     int64_t c0 = 0;
-    for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, x, n_in, c0, y, n_out, o0);
+    for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, row_bytes, x, n_in, c0, y, n_out, o0);
     switch (n_x - c0) {
-    case 3: f_kernel(t, 3, rp, x, n_in, c0, y, n_out, o0); break;
-    case 2: f_kernel(t, 2, rp, x, n_in, c0, y, n_out, o0); break;
-    case 1: f_kernel(t, 1, rp, x, n_in, c0, y, n_out, o0); break;
+    case 3: f_kernel(t, 3, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
+    case 2: f_kernel(t, 2, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
+    case 1: f_kernel(t, 1, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
     default: break;
     }
 }
