@@ -63,9 +63,9 @@ async function openStream(body) {
 
 test('a stream waiting in the queue receives ": keep-alive" comments', async () => {
   await waitMetrics((m) => m.kiln_num_requests_active === 0, BASE);
-  // A holds the only sequence slot for a while (8 choices one after the other, up to the 2 s
+  // A holds the only sequence slot for a while (32 choices one after the other, cut by the 2 s
   // request timeout) ...
-  const a = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 8 });
+  const a = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 32 });
   // ... B waits behind it: its headers come at once, then only comments
   const b = await openStream({ model: MODEL, prompt: 'Once upon a time', max_tokens: 5 });
   assert.equal(b.res.status, 200);
