@@ -13,33 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- per-thread scratch for quantized activations (grown on demand, freed at thread exit) ---- */
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-static void scratch_key_make(void) { KILN_ASSERT(pthread_key_create(&scratch_key, free) == 0); }
-
-typedef struct scratch_hdr {
-    size_t cap;                /* bytes usable after the header */
-    char pad[56];              /* keeps the data 64-byte aligned */
-} scratch_hdr;
-
-/* A thread-private buffer of at least n bytes, valid until this thread's next call. Aborts when
- * the allocation fails (matmul has no error path; the sizes are those of the activations). */
-static void *scratch_get(size_t n) {
-    pthread_once(&scratch_once, scratch_key_make);
-    scratch_hdr *h = pthread_getspecific(scratch_key);
-    if (h && h->cap >= n) return h + 1;
-    size_t cap = n + n / 4 + 4096;
-    cap = (cap + 63) & ~(size_t)63;
-    KILN_ASSERT(cap > n);
-    free(h);
-    h = aligned_alloc(64, sizeof(scratch_hdr) + cap);
-    KILN_ASSERT(h);
-    h->cap = cap;
-    KILN_ASSERT(pthread_setspecific(scratch_key, h) == 0);
-    return h + 1;
-}
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -91,7 +64,7 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
     size_t nq = (size_t)n_x * (size_t)n_in, ns = (size_t)n_x * (size_t)a.nb;
     size_t nq_al = (nq + 63) & ~(size_t)63;
     KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
-    char *p = scratch_get(nq_al + ns * 4);
+    char *p = kiln_pool_scratch(nq_al + ns * 4);
     a.q = (int8_t *)p;
     a.d = (float *)(p + nq_al);
     return a;

@@ -11,6 +11,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* One member's share: called with ith in [0, nth). */
@@ -49,5 +50,11 @@ static inline int64_t kiln_pool_chunk(int64_t n, int nth) {
     int64_t c = n / ((int64_t)nth * 4);
     return c > 0 ? c : 1;
 }
+
+/* A 64-byte-aligned thread-private buffer of at least n bytes (grown on demand, freed at thread
+ * exit), valid until this thread's next call; shared by the per-ISA kernel tables for their
+ * quantized activations. Aborts when the allocation fails (matmul has no error path; the sizes are
+ * those of the activations). */
+void *kiln_pool_scratch(size_t n);
 
 #endif
