@@ -64,7 +64,7 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
     size_t nq = (size_t)n_x * (size_t)n_in, ns = (size_t)n_x * (size_t)a.nb;
     size_t nq_al = (nq + 63) & ~(size_t)63;
     KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
-    char *p = kiln_pool_scratch(nq_al + ns * 4);
+    char *p = kiln_pool_scratch(KILN_SCRATCH_ACT, nq_al + ns * 4);
     a.q = (int8_t *)p;
     a.d = (float *)(p + nq_al);
     return a;

@@ -16,7 +16,6 @@
 #include <string.h>
 
 
-static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
 
 /* ---- activation quantization: x (n,) -> q (n,) int8, d (n/32,) scales, corr (n/32,) ---- */
 
@@ -51,437 +50,336 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
     size_t nq = (size_t)n_x * (size_t)n_in, ns = (size_t)n_x * (size_t)a.nb;
     size_t nq_al = (nq + 63) & ~(size_t)63;
     KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
-    char *p = kiln_pool_scratch(nq_al + ns * 8);
+    char *p = kiln_pool_scratch(KILN_SCRATCH_ACT, nq_al + ns * 8);
     a.q = (int8_t *)p;
     a.d = (float *)(p + nq_al);
     a.corr = (int32_t *)(p + nq_al + ns * 4);
     return a;
 }
 
-/* Weight block b of a row as 32 unsigned bytes in element order (value = byte - off). */
-static inline __m256i unpack_block(kiln_wtype t, const uint8_t *row, int64_t b) {
-    if (t == KILN_WTYPE_Q4_0) {
-        const kiln_block_q4_0 *bl = (const kiln_block_q4_0 *)row + b;
-        __m128i x = _mm_loadu_si128((const __m128i *)bl->qs), m = _mm_set1_epi8(0x0f);
-        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
-    }
-    const kiln_block_q8_0 *bl = (const kiln_block_q8_0 *)row + b;
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)bl->qs), _mm256_set1_epi8((char)0x80));
-}
-
-static inline uint16_t block_d(kiln_wtype t, const uint8_t *row, int64_t b) {
-    return t == KILN_WTYPE_Q4_0 ? ((const kiln_block_q4_0 *)row + b)->d : ((const kiln_block_q8_0 *)row + b)->d;
-}
-
-/* ---- matrix-vector: 8 weight rows at a time, up to 4 activation rows per pass ---- */
-
-/* Lane i of the result = sum of the 8 int32 lanes of s[i]. */
-static inline __m256i hsum8x8(const __m256i s[8]) {
-    __m256i t0 = _mm256_hadd_epi32(s[0], s[1]), t1 = _mm256_hadd_epi32(s[2], s[3]);
-    __m256i t2 = _mm256_hadd_epi32(s[4], s[5]), t3 = _mm256_hadd_epi32(s[6], s[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
-/* Blocks b and b + 1 of a row as 64 unsigned bytes (value = byte - off). Q8_0: element order;
- * Q4_0: 16-byte lanes [low nibbles b, low b + 1, high b, high b + 1] (pair_perm reorders the
- * activations the same way). */
-static inline __attribute__((always_inline)) __m512i unpack_pair(kiln_wtype t, const uint8_t *row, int64_t b) {
-    if (t == KILN_WTYPE_Q4_0) {
-        const kiln_block_q4_0 *bl = (const kiln_block_q4_0 *)row + b;
-        __m256i x = _mm256_loadu2_m128i((const __m128i *)bl[1].qs, (const __m128i *)bl[0].qs);
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1);
-        return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-    }
-    const kiln_block_q8_0 *bl = (const kiln_block_q8_0 *)row + b;
-    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bl[0].qs)),
-                                   _mm256_loadu_si256((const __m256i *)bl[1].qs), 1);
-    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
-}
-
-/* Activations of blocks b, b + 1 in unpack_pair's order. */
-static inline __attribute__((always_inline)) __m512i act_pair(kiln_wtype t, const int8_t *q) {
-    __m512i a = _mm512_loadu_si512(q);
-    if (t != KILN_WTYPE_Q4_0) return a;
-    /* 64-bit words: b low half 0,1; b high half 2,3; b+1 low 4,5; b+1 high 6,7 */
-    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), a);
-}
-
-/* s[i] holds row i's products for blocks b and b + 1 (128-bit lanes [b, b+1, b, b+1] for Q4_0,
- * [b, b, b+1, b+1] for Q8_0); returns the row sums, lanes 0-7 = rows 0-7 of block b, lanes 8-15 =
- * rows 0-7 of block b + 1. */
-static inline __attribute__((always_inline)) __m512i hsum_pair(kiln_wtype t, const __m512i s[8]) {
-    __m512i p[4], q[2];
-    #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of rows 2i, 2i+1 */
-        p[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * i], s[2 * i + 1]), _mm512_unpackhi_epi32(s[2 * i], s[2 * i + 1]));
-    #pragma GCC unroll 2
-    for (int i = 0; i < 2; i++) /* per 128-bit lane: the lane's sums of rows 4i .. 4i+3 */
-        q[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm512_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
-    __m512i x, y;
-    if (t == KILN_WTYPE_Q4_0) {
-        x = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0));
-        y = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2));
-    } else {
-        x = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0));
-        y = _mm512_shuffle_i64x2(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1));
-    }
-    /* x + y = [rows 0-3 of b, rows 0-3 of b+1, rows 4-7 of b, rows 4-7 of b+1] */
-    __m512i r = _mm512_add_epi32(x, y);
-    return _mm512_shuffle_i64x2(r, r, _MM_SHUFFLE(3, 1, 2, 0));
-}
-
-/* One block's step for activation row r: acc += float(sum + corr) * (d_w * d_x). */
-static inline __attribute__((always_inline)) __m256 gemv_step(__m256 acc, __m256i v, const qact *a, int64_t r,
-                                                               int64_t b, __m256 dw) {
-    v = _mm256_add_epi32(v, _mm256_set1_epi32(a->corr[r * a->nb + b]));
-    __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[r * a->nb + b]));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);
-}
-
-/* Blocks ahead whose weight bytes are prefetched (eight row streams at once outrun the hardware
- * prefetcher). A hint only: reading past the matrix is harmless. */
-#define PREFETCH_BLOCKS 12
-
-/* Rows [o0, o0 + 8) (clamped to n_out) against activation rows [c0, c0 + nc), nc <= 4. */
-static inline __attribute__((always_inline)) void q_gemv8(kiln_wtype t, const uint8_t *w, size_t row_bytes,
-                                                          int64_t n_out, int64_t o0, const qact *a, int64_t c0,
-                                                          int nc, float *y) {
-    const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
-    const uint8_t *rp[8];
-    #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) rp[i] = w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t b = 0;
-    for (; b + 2 <= a->nb; b += 2) {
-        __m512i wv[8];
-        /* past the row's end, prefetch the start of the same row of the next 8-row group */
-        int64_t pb = b + PREFETCH_BLOCKS;
-        size_t pf_off = pb < a->nb ? (size_t)pb * bb : 8 * row_bytes + (size_t)(pb - a->nb) * bb;
-        #pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-            _mm_prefetch((const char *)(rp[i] + pf_off), _MM_HINT_T0);
-            wv[i] = unpack_pair(t, rp[i], b);
-        }
-        /* scalar loads instead of a gather (a 16-lane gather stalls the front end) */
-#define D0(i) (short)block_d(t, rp[i], b)
-#define D1(i) (short)block_d(t, rp[i], b + 1)
-        __m512 dw = _mm512_cvtph_ps(_mm256_setr_epi16(D0(0), D0(1), D0(2), D0(3), D0(4), D0(5), D0(6), D0(7),
-                                                      D1(0), D1(1), D1(2), D1(3), D1(4), D1(5), D1(6), D1(7)));
-#undef D0
-#undef D1
-        #pragma GCC unroll 8
-        for (int c = 0; c < nc; c++) {
-            int64_t r = c0 + c;
-            __m512i av = act_pair(t, a->q + (r * a->nb + b) * 32);
-            __m512i sv[8];
-            #pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
-            __m512i v = hsum_pair(t, sv);
-            /* lanes 0-7 block b, 8-15 block b + 1: corrections and scales the same way */
-            const int32_t *cr = a->corr + r * a->nb + b;
-            const float *dr = a->d + r * a->nb + b;
-            v = _mm512_add_epi32(v, _mm512_inserti64x4(_mm512_set1_epi32(cr[0]), _mm256_set1_epi32(cr[1]), 1));
-            __m512 sc = _mm512_mul_ps(dw, _mm512_insertf32x8(_mm512_set1_ps(dr[0]), _mm256_set1_ps(dr[1]), 1));
-            __m512 fv = _mm512_cvtepi32_ps(v);
-            /* blocks in order: b, then b + 1 */
-            acc[c] = _mm256_fmadd_ps(_mm512_castps512_ps256(fv), _mm512_castps512_ps256(sc), acc[c]);
-            acc[c] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(fv, 1), _mm512_extractf32x8_ps(sc, 1), acc[c]);
-        }
-    }
-    if (b < a->nb) { /* odd block count: the last block alone */
-        __m256i wv[8];
-        float dwf[8];
-        #pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-            wv[i] = unpack_block(t, rp[i], b);
-            dwf[i] = f16(block_d(t, rp[i], b));
-        }
-        __m256 dw = _mm256_loadu_ps(dwf);
-        #pragma GCC unroll 8
-        for (int c = 0; c < nc; c++) {
-            int64_t r = c0 + c;
-            __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (r * a->nb + b) * 32));
-            __m256i sv[8];
-            #pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) sv[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[i], av);
-            acc[c] = gemv_step(acc[c], hsum8x8(sv), a, r, b, dw);
-        }
-    }
-    __mmask8 m = (__mmask8)((1u << KILN_MIN(8, n_out - o0)) - 1);
-    #pragma GCC unroll 8
-    for (int c = 0; c < nc; c++) _mm256_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
-}
-
-/* ---- matrix-matrix: panels of 16 weight rows unpacked once per KB blocks ---- */
+/* ---- packed panels ----
+ * A packed matrix is a run of panels of PANEL = 16 consecutive output rows (the last one padded
+ * with zero rows), each panel_bytes(t, n_in) long and 64-byte aligned, so that a matmul reads
+ * each panel as one sequential stream and every 32-bit lane of a vector belongs to one output row
+ * (no horizontal sums). Inside a panel:
+ *   Q8_0 / Q4_0, nb = n_in / 32 blocks: first the scales, for each block the 16 rows' f16 d
+ *     (nb * 32 bytes, rounded up to 64); then the quants, for each block QV 64-byte vectors whose
+ *     lane r holds 4 quant bytes of row r: Q8_0 (QV = 8) vector j = qs[4j..4j+3] + 128 (unsigned);
+ *     Q4_0 (QV = 4) vector j = qs[4j..4j+3], elements 4j.. in the low nibbles, 16 + 4j.. in the
+ *     high nibbles.
+ *   F32 / F16 / BF16: for each k < n_in, the 16 rows' element k (64 or 32 bytes).
+ * The raw-layout matmul packs one panel at a time into a per-thread buffer and runs the same
+ * tiles, so packed and raw weights give bit-identical results. */
 
 #define PANEL 16
-#define KB 16 /* blocks per panel chunk: 16 rows x 512 bytes of unpacked quants */
 
-static inline __attribute__((always_inline)) void pack_panel_t(kiln_wtype t, const uint8_t *w, size_t row_bytes,
-                                                                int64_t n_out, int64_t o0, int64_t b0, int64_t nbk,
-                                                                uint32_t *pw, float *pd) {
-    const uint8_t *rp[PANEL];
-    int32_t off[PANEL];
-    const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
-    #pragma GCC unroll 16
+static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static size_t elem_bytes(kiln_wtype t) { return t == KILN_WTYPE_F32 ? 4 : 2; }
+
+static bool packable(kiln_wtype t) {
+    return t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0 || t == KILN_WTYPE_F32 || t == KILN_WTYPE_F16 ||
+           t == KILN_WTYPE_BF16;
+}
+
+static bool is_q(kiln_wtype t) { return t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0; }
+
+/* Bytes of one packed panel of rows of n_in elements. */
+static size_t panel_bytes(kiln_wtype t, int64_t n_in) {
+    if (is_q(t)) {
+        size_t nb = (size_t)n_in / 32, qv = t == KILN_WTYPE_Q4_0 ? 4 : 8;
+        return round64(nb * 32) + nb * qv * 64;
+    }
+    return round64((size_t)n_in * PANEL * elem_bytes(t));
+}
+
+/* Panel p of w (rows 16p .. 16p + 15) into dst (panel_bytes). */
+static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, int64_t p,
+                       uint8_t *dst) {
+    memset(dst, 0, panel_bytes(t, n_in));
     for (int r = 0; r < PANEL; r++) {
-        rp[r] = w + (size_t)KILN_MIN(o0 + r, n_out - 1) * row_bytes;
-        off[r] = (int32_t)(rp[r] - rp[0]);
-    }
-    const __m512i didx = _mm512_loadu_si512(off);
-    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    for (int64_t j = 0; j < nbk; j++) {
-        int64_t b = b0 + j;
-        /* A[k] = [row k | row k + 8] as 8 dwords each; an 8x8 dword transpose inside each 256-bit
-         * half then leaves dword qd of rows 0..15 in vector qd */
-        __m512i A[8], T[8], U[8];
-        #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            A[k] = _mm512_inserti64x4(_mm512_castsi256_si512(unpack_block(t, rp[k], b)), unpack_block(t, rp[k + 8], b), 1);
-        #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            T[2 * k] = _mm512_unpacklo_epi32(A[2 * k], A[2 * k + 1]);
-            T[2 * k + 1] = _mm512_unpackhi_epi32(A[2 * k], A[2 * k + 1]);
+        int64_t o = p * PANEL + r;
+        if (o >= n_out) break;
+        const uint8_t *row = (const uint8_t *)w + (size_t)o * row_bytes;
+        if (is_q(t)) {
+            int64_t nb = n_in / 32;
+            int qv = t == KILN_WTYPE_Q4_0 ? 4 : 8;
+            size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
+            uint16_t *sc = (uint16_t *)dst;
+            uint8_t *q = dst + round64((size_t)nb * 32);
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *bl = row + (size_t)b * bb;
+                memcpy(&sc[b * PANEL + r], bl, 2);
+                const uint8_t *qs = bl + 2;
+                for (int j = 0; j < qv; j++) {
+                    uint8_t *o4 = q + ((size_t)b * qv + j) * 64 + 4 * r;
+                    for (int i = 0; i < 4; i++)
+                        o4[i] = t == KILN_WTYPE_Q8_0 ? (uint8_t)(qs[4 * j + i] ^ 0x80) : qs[4 * j + i];
+                }
+            }
+        } else {
+            size_t es = elem_bytes(t);
+            for (int64_t k = 0; k < n_in; k++) memcpy(dst + ((size_t)k * PANEL + r) * es, row + (size_t)k * es, es);
         }
-        #pragma GCC unroll 2
-        for (int k = 0; k < 2; k++) {
-            U[4 * k + 0] = _mm512_unpacklo_epi64(T[4 * k], T[4 * k + 2]);
-            U[4 * k + 1] = _mm512_unpackhi_epi64(T[4 * k], T[4 * k + 2]);
-            U[4 * k + 2] = _mm512_unpacklo_epi64(T[4 * k + 1], T[4 * k + 3]);
-            U[4 * k + 3] = _mm512_unpackhi_epi64(T[4 * k + 1], T[4 * k + 3]);
-        }
-        uint32_t *o = pw + j * 8 * PANEL;
-        #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            _mm512_storeu_si512(o + k * PANEL, _mm512_permutex2var_epi64(U[k], lo, U[k + 4]));
-            _mm512_storeu_si512(o + (k + 4) * PANEL, _mm512_permutex2var_epi64(U[k], hi, U[k + 4]));
-        }
-        __m512i dh = _mm512_i32gather_epi32(didx, rp[0] + (size_t)b * bb, 1);
-        _mm512_storeu_ps(pd + j * PANEL, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh)));
     }
 }
 
-/* Panel layout: pw[j][qd][r] = bytes 4qd..4qd+3 of block b0 + j of row o0 + r (u8, biased),
- * pd[j][r] = the row's f32 scale of that block. */
-static void pack_panel(kiln_wtype t, const uint8_t *w, size_t row_bytes, int64_t n_out, int64_t o0, int64_t b0,
-                       int64_t nbk, uint32_t *pw, float *pd) {
-    if (t == KILN_WTYPE_Q4_0) pack_panel_t(KILN_WTYPE_Q4_0, w, row_bytes, n_out, o0, b0, nbk, pw, pd);
-    else pack_panel_t(KILN_WTYPE_Q8_0, w, row_bytes, n_out, o0, b0, nbk, pw, pd);
-}
+#define Q_PF 40
 
-/* y rows [c0, c0 + C) x panel columns [o0, o0 + 16) (mask m) += panel chunk . activations. */
-static inline __attribute__((always_inline)) void q_kernel(int C, const uint32_t *pw, const float *pd, int64_t b0,
-                                                           int64_t nbk, const qact *a, int64_t c0, bool first,
-                                                           float *y, int64_t n_out, int64_t o0, __mmask16 m) {
+/* ---- Q8_0 / Q4_0 tile: one panel x C activation rows ----
+ * Per (row, block): the exact int32 dot (vpdpbusd, in any order) plus the correction, then
+ * acc += float(sum) * (d_w * d_x) with one FMA, blocks in order. */
+static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int C, const uint8_t *panel, const qact *a,
+                                                         int64_t c0, float *y, int64_t n_out, int64_t o0) {
+    const int64_t nb = a->nb;
+    const uint16_t *sc = (const uint16_t *)panel;
+    const uint8_t *qp = panel + round64((size_t)nb * 32);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc[8];
     #pragma GCC unroll 8
-    for (int c = 0; c < C; c++)
-        acc[c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (c0 + c) * n_out + o0);
-    for (int64_t j = 0; j < nbk; j++) {
-        int64_t b = b0 + j;
+    for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(sc + b * PANEL)));
         __m512i wv[8];
-        #pragma GCC unroll 8
-        for (int qd = 0; qd < 8; qd++) wv[qd] = _mm512_loadu_si512(pw + (j * 8 + qd) * PANEL);
-        __m512 dw = _mm512_loadu_ps(pd + j * PANEL);
+        if (C == 1) {
+            const int qb = t == KILN_WTYPE_Q4_0 ? 256 : 512;
+            #pragma GCC unroll 8
+            for (int i = 0; i < qb; i += 64) _mm_prefetch((const char *)(qp + (size_t)(b + Q_PF) * qb + i), _MM_HINT_T1);
+        }
+        if (t == KILN_WTYPE_Q4_0) {
+            const uint8_t *q = qp + (size_t)b * 256;
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i v = _mm512_load_si512(q + 64 * j);
+                wv[j] = _mm512_and_si512(v, m4);
+                wv[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+        } else {
+            const uint8_t *q = qp + (size_t)b * 512;
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) wv[j] = _mm512_load_si512(q + 64 * j);
+        }
         #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             int64_t r = c0 + c;
-            const int32_t *aq = (const int32_t *)(a->q + (r * a->nb + b) * 32);
-            __m512i s = _mm512_set1_epi32(a->corr[r * a->nb + b]);
-            #pragma GCC unroll 8
-            for (int qd = 0; qd < 8; qd++) s = _mm512_dpbusd_epi32(s, wv[qd], _mm512_set1_epi32(aq[qd]));
-            __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * a->nb + b]));
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[c]);
+            const int32_t *aq = (const int32_t *)(a->q + (r * nb + b) * 32);
+            __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]), s1 = _mm512_setzero_si512();
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                s0 = _mm512_dpbusd_epi32(s0, wv[j], _mm512_set1_epi32(aq[j]));
+                s1 = _mm512_dpbusd_epi32(s1, wv[j + 4], _mm512_set1_epi32(aq[j + 4]));
+            }
+            __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), s, acc[c]);
         }
     }
+    __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o0)) - 1);
     #pragma GCC unroll 8
     for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
 }
 
-#define GEMM_ROWS 8 /* activation rows per kernel call */
+/* Activation rows per Q tile. */
+#define Q_ROWS 8
 
-static void q_panel(const uint32_t *pw, const float *pd, int64_t b0, int64_t nbk, const qact *a, int64_t n_x,
-                    bool first, float *y, int64_t n_out, int64_t o0) {
-    __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o0)) - 1);
-    int64_t c0 = 0;
-    for (; c0 + GEMM_ROWS <= n_x; c0 += GEMM_ROWS) q_kernel(8, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m);
-    switch (n_x - c0) {
-    case 7: q_kernel(7, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 6: q_kernel(6, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 5: q_kernel(5, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 4: q_kernel(4, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 3: q_kernel(3, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 2: q_kernel(2, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    case 1: q_kernel(1, pw, pd, b0, nbk, a, c0, first, y, n_out, o0, m); break;
-    default: break;
-    }
+/* Panel against activation rows [c0, c1). */
+static void q_panel(kiln_wtype t, const uint8_t *panel, const qact *a, int64_t c0, int64_t c1, float *y,
+                    int64_t n_out, int64_t o0) {
+#define QT(T)                                                                                                \
+    do {                                                                                                     \
+        int64_t c = c0;                                                                                      \
+        for (; c + Q_ROWS <= c1; c += Q_ROWS) q_tile(T, Q_ROWS, panel, a, c, y, n_out, o0);                  \
+        switch (c1 - c) {                                                                                    \
+        case 7: q_tile(T, 7, panel, a, c, y, n_out, o0); break;                                              \
+        case 6: q_tile(T, 6, panel, a, c, y, n_out, o0); break;                                              \
+        case 5: q_tile(T, 5, panel, a, c, y, n_out, o0); break;                                              \
+        case 4: q_tile(T, 4, panel, a, c, y, n_out, o0); break;                                              \
+        case 3: q_tile(T, 3, panel, a, c, y, n_out, o0); break;                                              \
+        case 2: q_tile(T, 2, panel, a, c, y, n_out, o0); break;                                              \
+        case 1: q_tile(T, 1, panel, a, c, y, n_out, o0); break;                                              \
+        default: break;                                                                                      \
+        }                                                                                                    \
+    } while (0)
+    if (t == KILN_WTYPE_Q4_0) QT(KILN_WTYPE_Q4_0);
+    else QT(KILN_WTYPE_Q8_0);
+#undef QT
 }
 
-/* Activation rows from which the panel path pays for its unpacking. */
-#define GEMM_MIN_ROWS 4
-/* Activation rows from which quantizing them is split across the team. */
-#define QUANT_PAR_ROWS 16
-
-typedef struct qjob {
-    kiln_wtype t;
-    const void *w;
-    size_t row_bytes;
-    int64_t n_out, n_in, n_x;
-    const float *x;
-    float *y;
-    int32_t off;
-    qact a;
-    _Atomic int64_t next;      /* work-sharing counter (groups of output rows) */
-} qjob;
-
-static void q_quant_part(void *ctx, int ith, int nth) {
-    qjob *j = ctx;
-    int64_t lo, hi;
-    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
-    for (int64_t r = lo; r < hi; r++)
-        quantize_row(j->x + r * j->n_in, j->n_in, j->off, j->a.q + r * j->n_in, j->a.d + r * j->a.nb,
-                     j->a.corr + r * j->a.nb);
-}
-
-static void q_gemv_part(void *ctx, int ith, int nth) {
-    qjob *j = ctx;
-    int64_t lo, hi;
-    const int64_t n_groups = (j->n_out + 7) / 8, chunk = kiln_pool_chunk(n_groups, nth);
-    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi))
-        for (int64_t g = lo; g < hi; g++)
-            for (int64_t c0 = 0; c0 < j->n_x; c0 += 4) {
-                int nc = (int)KILN_MIN(4, j->n_x - c0);
-                /* nc as a constant: the single-row case (decode) gets its own code */
-#define GEMV(T, NC) q_gemv8(T, j->w, j->row_bytes, j->n_out, g * 8, &j->a, c0, NC, j->y)
-                if (j->t == KILN_WTYPE_Q4_0) {
-                    if (nc == 1) GEMV(KILN_WTYPE_Q4_0, 1);
-                    else GEMV(KILN_WTYPE_Q4_0, nc);
-                } else {
-                    if (nc == 1) GEMV(KILN_WTYPE_Q8_0, 1);
-                    else GEMV(KILN_WTYPE_Q8_0, nc);
-                }
-#undef GEMV
-            }
-}
-
-static void q_gemm_part(void *ctx, int ith, int nth) {
-    qjob *j = ctx;
-    int64_t lo, hi;
-    const int64_t n_groups = (j->n_out + PANEL - 1) / PANEL, chunk = kiln_pool_chunk(n_groups, nth);
-    _Alignas(64) uint32_t pw[KB * 8 * PANEL];
-    _Alignas(64) float pd[KB * PANEL];
-    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi)) {
-        for (int64_t g = lo; g < hi; g++) {
-            for (int64_t b0 = 0; b0 < j->a.nb; b0 += KB) {
-                int64_t nbk = KILN_MIN(KB, j->a.nb - b0);
-                pack_panel(j->t, j->w, j->row_bytes, j->n_out, g * PANEL, b0, nbk, pw, pd);
-                q_panel(pw, pd, b0, nbk, &j->a, j->n_x, b0 == 0, j->y, j->n_out, g * PANEL);
-            }
-        }
-    }
-}
-
-static void q_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, const float *x,
-                     int64_t n_x, float *y, int nt) {
-    KILN_ASSERT(n_in % 32 == 0);
-    /* scale gathers address rows by 32-bit byte offsets from the first row of a 16-row group */
-    KILN_ASSERT(row_bytes <= ((size_t)1 << 26));
-    qjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, t == KILN_WTYPE_Q4_0 ? 8 : 128, qact_alloc(n_x, n_in), 0};
-    if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, q_quant_part, &j);
-    else q_quant_part(&j, 0, 1);
-    kiln_pool_run(nt, n_x >= GEMM_MIN_ROWS ? q_gemm_part : q_gemv_part, &j);
-}
-
-/* ---- F32 / F16 / BF16: f32 FMA over 4 weight rows x up to 4 activation rows ---- */
-
-static inline __m512 load_w(kiln_wtype t, const void *row, int64_t k, __mmask16 m) {
-    if (t == KILN_WTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + k);
-    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
+/* ---- F32 / F16 / BF16 tile: NP panels x C activation rows ----
+ * Per (row, panel): acc += w[k] * x[k] with one f32 FMA per k, k in order; NP panels side by side
+ * give the single-row case independent FMA chains. */
+static inline __m512 load_w16(kiln_wtype t, const uint8_t *p) {
+    if (t == KILN_WTYPE_F32) return _mm512_load_ps((const float *)p);
+    __m256i h = _mm256_load_si256((const __m256i *)p);
     if (t == KILN_WTYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* Weight bytes ahead of the current position prefetched in each of the 4 row streams. */
-#define F_PREFETCH_BYTES 512
-
-static inline __attribute__((always_inline)) void f_kernel(kiln_wtype t, int C, const uint8_t *const rp[4],
-                                                           size_t row_bytes, const float *x, int64_t n_in,
-                                                           int64_t c0, float *y, int64_t n_out, int64_t o0) {
-    const size_t esz = t == KILN_WTYPE_F32 ? 4 : 2;
-    __m512 acc[4][4];
-    #pragma GCC unroll 8
-    for (int i = 0; i < 4; i++)
+static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
+                                                         size_t pb, int64_t n_in, const float *x, int64_t c0,
+                                                         float *y, int64_t n_out, int64_t o0) {
+    const size_t vb = PANEL * elem_bytes(t);
+    __m512 acc[4][6];
+    #pragma GCC unroll 4
+    for (int p = 0; p < NP; p++)
         #pragma GCC unroll 8
-        for (int c = 0; c < C; c++) acc[i][c] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < n_in; k += 16) {
-        __mmask16 m = n_in - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_in - k)) - 1);
+        for (int c = 0; c < C; c++) acc[p][c] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n_in; k++) {
         __m512 wv[4];
-        #pragma GCC unroll 8
-        for (int i = 0; i < 4; i++) {
-            /* past the row's end, the same row of the next 4-row group (a hint: never faults) */
-            size_t pf = (size_t)k * esz + F_PREFETCH_BYTES;
-            if (pf >= (size_t)n_in * esz) pf += 3 * row_bytes;
-            _mm_prefetch((const char *)(rp[i] + pf), _MM_HINT_T0);
-            wv[i] = load_w(t, rp[i], k, m);
-        }
+        #pragma GCC unroll 4
+        for (int p = 0; p < NP; p++) wv[p] = load_w16(t, panel + p * pb + (size_t)k * vb);
         #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + (c0 + c) * n_in + k);
-            #pragma GCC unroll 8
-            for (int i = 0; i < 4; i++) acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
+            __m512 xv = _mm512_set1_ps(x[(c0 + c) * n_in + k]);
+            #pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) acc[p][c] = _mm512_fmadd_ps(wv[p], xv, acc[p][c]);
         }
     }
-    /* constant indices only: a data-dependent index would keep acc in memory inside the loop */
-    float r[4][4];
-    #pragma GCC unroll 8
-    for (int c = 0; c < C; c++) {
+    #pragma GCC unroll 4
+    for (int p = 0; p < NP; p++) {
+        int64_t o = o0 + p * PANEL;
+        __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o)) - 1);
         #pragma GCC unroll 8
-        for (int i = 0; i < 4; i++) r[i][c] = _mm512_reduce_add_ps(acc[i][c]);
-    }
-    for (int c = 0; c < C; c++)
-        for (int i = 0; i < 4 && o0 + i < n_out; i++) y[(c0 + c) * n_out + o0 + i] = r[i][c];
-}
-
-static inline __attribute__((always_inline)) void f_rows(kiln_wtype t, const void *w, size_t row_bytes,
-                                                         int64_t n_out, int64_t n_in, const float *x, int64_t n_x,
-                                                         float *y, int64_t o0) {
-    const uint8_t *rp[4];
-#pragma GCC unroll 8
-    for (int i = 0; i < 4; i++) rp[i] = (const uint8_t *)w + (size_t)KILN_MIN(o0 + i, n_out - 1) * row_bytes;
-    int64_t c0 = 0;
-    for (; c0 + 4 <= n_x; c0 += 4) f_kernel(t, 4, rp, row_bytes, x, n_in, c0, y, n_out, o0);
-    switch (n_x - c0) {
-    case 3: f_kernel(t, 3, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
-    case 2: f_kernel(t, 2, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
-    case 1: f_kernel(t, 1, rp, row_bytes, x, n_in, c0, y, n_out, o0); break;
-    default: break;
+        for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o, m, acc[p][c]);
     }
 }
 
-typedef struct fjob {
+/* Activation rows per float tile (two panels side by side). */
+#define F_ROWS 6
+
+/* np (1 or 2) consecutive panels against activation rows [c0, c1). */
+static inline __attribute__((always_inline)) void f_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
+                                                             int64_t n_in, const float *x, int64_t c0, int64_t c1,
+                                                             float *y, int64_t n_out, int64_t o0) {
+    if (c1 - c0 == 1) { /* the single-row case: every panel is its own FMA chain */
+        if (np == 2) f_tile(t, 2, 1, panel, pb, n_in, x, c0, y, n_out, o0);
+        else f_tile(t, 1, 1, panel, pb, n_in, x, c0, y, n_out, o0);
+        return;
+    }
+    int64_t c = c0;
+#define FT(NP)                                                                                               \
+    do {                                                                                                     \
+        for (; c + F_ROWS <= c1; c += F_ROWS) f_tile(t, NP, F_ROWS, panel, pb, n_in, x, c, y, n_out, o0);    \
+        switch (c1 - c) {                                                                                    \
+        case 5: f_tile(t, NP, 5, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 4: f_tile(t, NP, 4, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 3: f_tile(t, NP, 3, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 2: f_tile(t, NP, 2, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 1: f_tile(t, NP, 1, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        default: break;                                                                                      \
+        }                                                                                                    \
+    } while (0)
+    if (np == 2) FT(2);
+    else FT(1);
+#undef FT
+}
+
+static void f_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, int64_t n_in, const float *x,
+                     int64_t c0, int64_t c1, float *y, int64_t n_out, int64_t o0) {
+    switch (t) {
+    case KILN_WTYPE_F32: f_panels_t(KILN_WTYPE_F32, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
+    case KILN_WTYPE_F16: f_panels_t(KILN_WTYPE_F16, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
+    default: f_panels_t(KILN_WTYPE_BF16, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
+    }
+}
+
+/* ---- the matmul job: several matrices sharing one input; work items are (block of activation
+ * rows, matrix, pair of panels) ---- */
+
+/* Activation rows per work item: a block's activations stay in L2 while the panels stream. */
+#define ROW_BLOCK 64
+/* Activation rows from which quantizing them is split across the team. */
+#define QUANT_PAR_ROWS 16
+/* Matrices one job multiplies at most. */
+#define MAX_MATS 4
+
+typedef struct mjob {
     kiln_wtype t;
-    const void *w;
+    int n_mats;
+    kiln_pmat mats[MAX_MATS];
+    int64_t first_pair[MAX_MATS + 1]; /* prefix sums of each matrix's panel pairs */
+    const void *w;             /* raw rows of mats[0] when its packed is NULL: pack on the fly */
     size_t row_bytes;
-    int64_t n_out, n_in, n_x;
+    int64_t n_in, n_x;
     const float *x;
-    float *y;
-    _Atomic int64_t next;      /* work-sharing counter (groups of 4 output rows) */
-} fjob;
+    size_t pb;                 /* panel bytes */
+    int64_t n_row_blocks;
+    qact a;                    /* quantized activations (Q types) */
+    _Atomic int64_t next;      /* work-sharing counter */
+} mjob;
 
-static void f_part(void *ctx, int ith, int nth) {
-    fjob *j = ctx;
+static void m_quant_part(void *ctx, int ith, int nth) {
+    mjob *j = ctx;
+    int32_t off = j->t == KILN_WTYPE_Q4_0 ? 8 : 128;
     int64_t lo, hi;
-    const int64_t n_groups = (j->n_out + 3) / 4, chunk = kiln_pool_chunk(n_groups, nth);
-    while (kiln_pool_take(&j->next, n_groups, chunk, &lo, &hi)) {
-        for (int64_t g = lo; g < hi; g++) {
-            switch (j->t) {
-            case KILN_WTYPE_F32: f_rows(KILN_WTYPE_F32, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-            case KILN_WTYPE_F16: f_rows(KILN_WTYPE_F16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-            default: f_rows(KILN_WTYPE_BF16, j->w, j->row_bytes, j->n_out, j->n_in, j->x, j->n_x, j->y, g * 4); break;
-            }
-        }
+    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++)
+        quantize_row(j->x + r * j->n_in, j->n_in, off, j->a.q + r * j->n_in, j->a.d + r * j->a.nb,
+                     j->a.corr + r * j->a.nb);
+}
+
+/* Panels p .. p + np - 1 of matrix mi: in place, or (raw weights) packed into this thread's panel
+ * scratch. */
+static const uint8_t *panels_of(const mjob *j, int mi, int64_t p, int np) {
+    if (j->mats[mi].packed) return (const uint8_t *)j->mats[mi].packed + (size_t)p * j->pb;
+    uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);
+    for (int i = 0; i < np; i++)
+        pack_panel(j->t, j->w, j->row_bytes, j->mats[mi].n_out, j->n_in, p + i, buf + (size_t)i * j->pb);
+    return buf;
+}
+
+static void m_item(const mjob *j, int64_t it) {
+    const int64_t n_pairs = j->first_pair[j->n_mats];
+    int64_t rb = it / n_pairs, pi = it % n_pairs;
+    int mi = 0;
+    while (pi >= j->first_pair[mi + 1]) mi++;
+    const kiln_pmat *M = &j->mats[mi];
+    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + PANEL - 1) / PANEL;
+    int np = (int)KILN_MIN(2, n_panels - p);
+    int64_t c0 = rb * ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + ROW_BLOCK);
+    const uint8_t *panel = panels_of(j, mi, p, np);
+    if (is_q(j->t)) {
+        for (int i = 0; i < np; i++)
+            q_panel(j->t, panel + (size_t)i * j->pb, &j->a, c0, c1, M->y, M->n_out, (p + i) * PANEL);
+    } else {
+        f_panels(j->t, panel, j->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
     }
+}
+
+static void m_part(void *ctx, int ith, int nth) {
+    mjob *j = ctx;
+    int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
+    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk(n_items, nth);
+    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
+        for (int64_t it = lo; it < hi; it++) m_item(j, it);
+}
+
+/* mats (all packed, or one raw matrix w) @ x. */
+static void run_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const void *w, size_t row_bytes,
+                       int64_t n_in, const float *x, int64_t n_x, int n_threads) {
+    KILN_ASSERT(packable(t) && n_mats >= 1 && n_mats <= MAX_MATS);
+    if (is_q(t)) KILN_ASSERT(n_in % 32 == 0);
+    if (n_x <= 0) return;
+    mjob j = {.t = t, .n_mats = n_mats, .w = w, .row_bytes = row_bytes, .n_in = n_in, .n_x = n_x, .x = x,
+              .pb = panel_bytes(t, n_in)};
+    double work = 0;
+    for (int i = 0; i < n_mats; i++) {
+        j.mats[i] = mats[i];
+        j.first_pair[i + 1] = j.first_pair[i] + ((mats[i].n_out + PANEL - 1) / PANEL + 1) / 2;
+        work += (double)mats[i].n_out * (double)n_in * (double)n_x;
+    }
+    if (j.first_pair[n_mats] == 0) return;
+    /* Raw weights: one row block, so that each panel is packed once for all activation rows. */
+    j.n_row_blocks = w ? 1 : (n_x + ROW_BLOCK - 1) / ROW_BLOCK;
+    if (w) KILN_ASSERT(n_mats == 1);
+    atomic_init(&j.next, 0);
+    /* Small products run on the calling thread: waking the team costs more than they do. */
+    int nt = work >= 65536.0 ? n_threads : 1;
+    if (is_q(t)) {
+        j.a = qact_alloc(n_x, n_in);
+        if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, m_quant_part, &j);
+        else m_quant_part(&j, 0, 1);
+    }
+    kiln_pool_run(nt, m_part, &j);
 }
 
 static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
@@ -490,22 +388,45 @@ static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t
         kiln_kquant_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, n_threads);
         return;
     }
-    if (n_out <= 0 || n_x <= 0) return;
-    /* Small products run on the calling thread: waking the team costs more than they do. */
-    int nt = (double)n_out * (double)n_in * (double)n_x >= 65536.0 ? n_threads : 1;
-    switch (t) {
-    case KILN_WTYPE_Q8_0:
-    case KILN_WTYPE_Q4_0: q_matmul(t, w, row_bytes, n_out, n_in, x, n_x, y, nt); break;
-    case KILN_WTYPE_F32:
-    case KILN_WTYPE_F16:
-    case KILN_WTYPE_BF16: {
-        fjob j = {t, w, row_bytes, n_out, n_in, n_x, x, y, 0};
-        kiln_pool_run(nt, f_part, &j);
-        break;
-    }
-    default: KILN_ASSERT(!"unsupported weight type");
-    }
+    kiln_pmat m = {NULL, n_out, y};
+    if (n_out > 0) run_matmul(t, &m, 1, w, row_bytes, n_in, x, n_x, n_threads);
 }
+
+static size_t avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
+    if (!packable(t) || n_out <= 0 || n_in <= 0 || (is_q(t) && n_in % 32 != 0)) return 0;
+    size_t n_panels = ((size_t)n_out + PANEL - 1) / PANEL, pb = panel_bytes(t, n_in), total;
+    return kiln_mul_size(n_panels, pb, &total) ? total : 0;
+}
+
+typedef struct pack_job {
+    kiln_wtype t;
+    const void *w;
+    size_t row_bytes, pb;
+    int64_t n_out, n_in;
+    uint8_t *dst;
+} pack_job;
+
+static void pack_part(void *ctx, int ith, int nth) {
+    pack_job *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) pack_panel(j->t, j->w, j->row_bytes, j->n_out, j->n_in, p, j->dst + (size_t)p * j->pb);
+}
+
+static void avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
+                        int n_threads) {
+    KILN_ASSERT(avx512_pack_bytes(t, n_out, n_in) > 0);
+    KILN_ASSERT(((uintptr_t)dst & 63) == 0);
+    pack_job j = {t, w, row_bytes, panel_bytes(t, n_in), n_out, n_in, dst};
+    kiln_pool_run(n_threads, pack_part, &j);
+}
+
+static void avx512_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
+                                 int64_t n_x, int n_threads) {
+    for (int i = 0; i < n_mats; i++) KILN_ASSERT(((uintptr_t)mats[i].packed & 63) == 0 && mats[i].n_out > 0);
+    run_matmul(t, mats, n_mats, NULL, 0, n_in, x, n_x, n_threads);
+}
+
 
 /* ---- vector helpers (attention inner loops) ---- */
 
@@ -582,6 +503,9 @@ const kiln_kernels kiln_kernels_avx512 = {
     .name = "avx512",
     .dequant_row = avx512_dequant_row,
     .matmul = avx512_matmul,
+    .pack_bytes = avx512_pack_bytes,
+    .pack = avx512_pack,
+    .matmul_packed = avx512_matmul_packed,
     .rmsnorm = avx512_rmsnorm,
     .rope = avx512_rope,
     .silu_mul = avx512_silu_mul,

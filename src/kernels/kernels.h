@@ -105,6 +105,13 @@ size_t kiln_wtype_row_bytes(kiln_wtype t, int64_t n);
 /* RoPE variants (the same values as kiln_rope_type of model/model.h). */
 enum { KILN_KROPE_NORM = 0, KILN_KROPE_NEOX = 1 };
 
+/* One packed matrix (kiln_kernels.pack) of a matmul_packed call and its output y (n_x, n_out). */
+typedef struct kiln_pmat {
+    const void *packed;
+    int64_t n_out;
+    float *y;
+} kiln_pmat;
+
 /* The kernel table. Shapes are row-major; "(a, b)" means a rows of b contiguous floats. */
 typedef struct kiln_kernels {
     const char *name;
@@ -114,6 +121,17 @@ typedef struct kiln_kernels {
      * OpenMP over output rows with n_threads (<= 0: the runtime default). y does not alias x. */
     void (*matmul)(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
                    const float *x, int64_t n_x, float *y, int n_threads);
+    /* Optional (NULL in tables without one): a weight layout this table multiplies faster, made
+     * once at load. pack_bytes is its size for w (n_out, n_in) of type t, 0 when this table does
+     * not pack that type or shape; pack writes it to dst (64-byte aligned, pack_bytes long) using
+     * n_threads. matmul_packed multiplies n_mats (1..4) packed matrices of type t, all (n_out_i,
+     * n_in), by the same x (n_x, n_in) in one job (fewer team wake-ups, x quantized once), with
+     * matmul's contract for each and results bit-identical to matmul on the same weights. */
+    size_t (*pack_bytes)(kiln_wtype t, int64_t n_out, int64_t n_in);
+    void (*pack)(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
+                 int n_threads);
+    void (*matmul_packed)(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
+                          int64_t n_x, int n_threads);
     /* out (n,) = x (n,) / sqrt(mean(x^2) + eps) * w (n,); w NULL means ones. out may be x. */
     void (*rmsnorm)(const float *x, const float *w, int64_t n, float eps, float *out);
     /* In place on x (n_heads, head_dim): rotates the first n_rot dims of each head by pos.

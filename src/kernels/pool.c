@@ -158,20 +158,23 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx) {
     pthread_mutex_unlock(&P.lock);
 }
 
-/* ---- per-thread scratch for quantized activations (grown on demand, freed at thread exit) ---- */
-static pthread_key_t scratch_key;
+/* ---- per-thread scratch slots (grown on demand, freed at thread exit) ---- */
+static pthread_key_t scratch_key[KILN_SCRATCH_SLOTS];
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
-static void scratch_key_make(void) { KILN_ASSERT(pthread_key_create(&scratch_key, free) == 0); }
+static void scratch_key_make(void) {
+    for (int i = 0; i < KILN_SCRATCH_SLOTS; i++) KILN_ASSERT(pthread_key_create(&scratch_key[i], free) == 0);
+}
 
 typedef struct scratch_hdr {
     size_t cap;                /* bytes usable after the header */
     char pad[56];              /* keeps the data 64-byte aligned */
 } scratch_hdr;
 
-void *kiln_pool_scratch(size_t n) {
+void *kiln_pool_scratch(int slot, size_t n) {
+    KILN_ASSERT(slot >= 0 && slot < KILN_SCRATCH_SLOTS);
     pthread_once(&scratch_once, scratch_key_make);
-    scratch_hdr *h = pthread_getspecific(scratch_key);
+    scratch_hdr *h = pthread_getspecific(scratch_key[slot]);
     if (h && h->cap >= n) return h + 1;
     size_t cap = n + n / 4 + 4096;
     cap = (cap + 63) & ~(size_t)63;
@@ -180,6 +183,6 @@ void *kiln_pool_scratch(size_t n) {
     h = aligned_alloc(64, sizeof(scratch_hdr) + cap);
     KILN_ASSERT(h);
     h->cap = cap;
-    KILN_ASSERT(pthread_setspecific(scratch_key, h) == 0);
+    KILN_ASSERT(pthread_setspecific(scratch_key[slot], h) == 0);
     return h + 1;
 }

@@ -51,10 +51,14 @@ static inline int64_t kiln_pool_chunk(int64_t n, int nth) {
     return c > 0 ? c : 1;
 }
 
-/* A 64-byte-aligned thread-private buffer of at least n bytes (grown on demand, freed at thread
- * exit), valid until this thread's next call; shared by the per-ISA kernel tables for their
- * quantized activations. Aborts when the allocation fails (matmul has no error path; the sizes are
- * those of the activations). */
-void *kiln_pool_scratch(size_t n);
+/* Per-thread scratch slots: quantized activations (made by the calling thread before a job) and
+ * packed weight panels (made by each member inside a job). */
+enum { KILN_SCRATCH_ACT = 0, KILN_SCRATCH_PANELS = 1, KILN_SCRATCH_SLOTS = 2 };
+
+/* A 64-byte-aligned thread-private buffer of at least n bytes in the given slot (grown on demand,
+ * freed at thread exit), valid until this thread's next call for the same slot; shared by the
+ * per-ISA kernel tables. Aborts when the allocation fails (matmul has no error path; the sizes
+ * are those of the activations and of two weight panels). */
+void *kiln_pool_scratch(int slot, size_t n);
 
 #endif

@@ -100,6 +100,34 @@ static kiln_err validate(const kiln_model *m, const kiln_kv *kv, const kiln_batc
     return KILN_OK;
 }
 
+/* ys[i] (n_x, ws[i]->n_out) = x (n_x, n_in) @ ws[i]^T for n (<= 4) matrices sharing the input: one
+ * packed job when they all have packed copies of one type, else one matmul each. */
+static void mat_mul_n(const kiln_kernels *k, const kiln_mat *const *ws, float *const *ys, int n, const float *x,
+                      int64_t n_x, int nt) {
+    bool together = true;
+    for (int i = 0; i < n; i++) together = together && ws[i]->packed && ws[i]->type == ws[0]->type;
+    if (together) {
+        kiln_pmat pm[4];
+        KILN_ASSERT(n <= 4);
+        for (int i = 0; i < n; i++) pm[i] = (kiln_pmat){ws[i]->packed, ws[i]->n_out, ys[i]};
+        k->matmul_packed(ws[0]->type, pm, n, ws[0]->n_in, x, n_x, nt);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const kiln_mat *w = ws[i];
+        if (w->packed) {
+            kiln_pmat pm = {w->packed, w->n_out, ys[i]};
+            k->matmul_packed(w->type, &pm, 1, w->n_in, x, n_x, nt);
+        } else {
+            k->matmul(w->type, w->data, w->row_bytes, w->n_out, w->n_in, x, n_x, ys[i], nt);
+        }
+    }
+}
+
+static void mat_mul(const kiln_kernels *k, const kiln_mat *w, const float *x, int64_t n_x, float *y, int nt) {
+    mat_mul_n(k, &w, &y, 1, x, n_x, nt);
+}
+
 static void add_bias(float *y, const float *bias, int32_t n_rows, int64_t width) {
     if (!bias) return;
     for (int32_t r = 0; r < n_rows; r++)
@@ -244,9 +272,9 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         /* attention block */
         for (int32_t r = 0; r < n; r++)
             k->rmsnorm(s->x + (size_t)r * d, ly->attn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
-        k->matmul(ly->wq.type, ly->wq.data, ly->wq.row_bytes, qd, d, s->xn, n, s->q, nt);
-        k->matmul(ly->wk.type, ly->wk.data, ly->wk.row_bytes, kvd, d, s->xn, n, s->k, nt);
-        k->matmul(ly->wv.type, ly->wv.data, ly->wv.row_bytes, kvd, d, s->xn, n, s->v, nt);
+        const kiln_mat *qkv[] = {&ly->wq, &ly->wk, &ly->wv};
+        float *const qkv_out[] = {s->q, s->k, s->v};
+        mat_mul_n(k, qkv, qkv_out, 3, s->xn, n, nt);
         add_bias(s->q, ly->bq, n, qd);
         add_bias(s->k, ly->bk, n, kvd);
         add_bias(s->v, ly->bv, n, kvd);
@@ -258,16 +286,17 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         for (int32_t r = 0; r < n && work < 8192; r++) work += (int64_t)(rows[r].pos + 1) * n_head * hd;
         atomic_store(&job.next, 0);
         kiln_pool_run(work >= 8192 ? nt : 1, attend_part, &job);
-        k->matmul(ly->wo.type, ly->wo.data, ly->wo.row_bytes, d, qd, s->att, n, s->tmp, nt);
+        mat_mul(k, &ly->wo, s->att, n, s->tmp, nt);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
 
         /* feed-forward block (SwiGLU) */
         for (int32_t r = 0; r < n; r++)
             k->rmsnorm(s->x + (size_t)r * d, ly->ffn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
-        k->matmul(ly->w_gate.type, ly->w_gate.data, ly->w_gate.row_bytes, hp->n_ff, d, s->xn, n, s->gate, nt);
-        k->matmul(ly->w_up.type, ly->w_up.data, ly->w_up.row_bytes, hp->n_ff, d, s->xn, n, s->up, nt);
+        const kiln_mat *gate_up[] = {&ly->w_gate, &ly->w_up};
+        float *const gate_up_out[] = {s->gate, s->up};
+        mat_mul_n(k, gate_up, gate_up_out, 2, s->xn, n, nt);
         k->silu_mul(s->gate, s->up, (int64_t)n * hp->n_ff);
-        k->matmul(ly->w_down.type, ly->w_down.data, ly->w_down.row_bytes, d, hp->n_ff, s->gate, n, s->tmp, nt);
+        mat_mul(k, &ly->w_down, s->gate, n, s->tmp, nt);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
     }
 
@@ -280,7 +309,7 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
     }
     if (n_out > 0) {
         KILN_ASSERT(logits);
-        k->matmul(m->output.type, m->output.data, m->output.row_bytes, hp->n_vocab, d, s->xn, n_out, logits, nt);
+        mat_mul(k, &m->output, s->xn, n_out, logits, nt);
     }
     return KILN_OK;
 }

@@ -11,9 +11,12 @@
 /* Largest head dimension the attention kernel's stack accumulator holds. */
 #define KILN_MAX_HEAD_DIM 1024
 
-/* A weight matrix (n_out, n_in) in the mapping, rows of row_bytes. */
+/* A weight matrix (n_out, n_in) in the mapping, rows of row_bytes, and its copy in the kernel
+ * table's packed layout when the table has one for this type (kiln_kernels.pack). */
 typedef struct kiln_mat {
     const void *data;      /* into the GGUF mapping */
+    const void *packed;    /* 64-byte aligned inside pack_mem, or NULL: multiply data */
+    void *pack_mem;        /* owned allocation behind packed */
     kiln_wtype type;
     int64_t n_out;         /* rows */
     int64_t n_in;          /* cols (GGUF ne[0]) */

@@ -307,6 +307,35 @@ static int default_threads(void) {
     return n_ids > 0 && n_ids <= n_logical ? n_ids : n_logical;
 }
 
+/* The kernel table's packed copy of one matrix (none when the table has no layout for it). */
+static kiln_err pack_mat(const kiln_model *m, const char *path, kiln_mat *w) {
+    const kiln_kernels *k = m->k;
+    size_t n = k->pack_bytes && w->data ? k->pack_bytes(w->type, w->n_out, w->n_in) : 0;
+    if (n == 0) return KILN_OK;
+    if (n > SIZE_MAX - 64 || !(w->pack_mem = kiln_malloc(n + 64)))
+        return kiln_errf(KILN_ERR_NOMEM, "%s: out of memory packing a (%lld, %lld) weight matrix (%zu bytes)", path,
+                         (long long)w->n_out, (long long)w->n_in, n);
+    void *dst = (void *)(((uintptr_t)w->pack_mem + 63) & ~(uintptr_t)63);
+    k->pack(w->type, w->data, w->row_bytes, w->n_out, w->n_in, dst, m->n_threads);
+    w->packed = dst;
+    return KILN_OK;
+}
+
+/* Packs every matrix that goes through a matmul (the embedding table is read by rows and stays in
+ * the mapping; a tied output gets its own packed copy). The mapping's pages of packed matrices are
+ * not touched again: the resident copy is the packed one. */
+static kiln_err pack_model(kiln_model *m, const char *path) {
+    kiln_err err;
+    if ((err = pack_mat(m, path, &m->output))) return err;
+    for (int32_t il = 0; il < m->hp.n_layer; il++) {
+        kiln_layer *ly = &m->layers[il];
+        kiln_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+        for (size_t i = 0; i < KILN_ARRAY_LEN(mats); i++)
+            if ((err = pack_mat(m, path, mats[i]))) return err;
+    }
+    return KILN_OK;
+}
+
 kiln_err kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_model **out) {
     kiln_err err;
     *out = NULL;
@@ -368,6 +397,7 @@ kiln_err kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_mod
 
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : default_threads();
     m->k = kiln_kernels_get();
+    if ((err = pack_model(m, path))) goto out_free;
     *out = m;
     return KILN_OK;
 out_free:
@@ -387,9 +417,12 @@ void kiln_model_free(kiln_model *m) {
             kiln_free(ly->bv);
             kiln_free(ly->q_norm);
             kiln_free(ly->k_norm);
+            kiln_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+            for (size_t i = 0; i < KILN_ARRAY_LEN(mats); i++) kiln_free(mats[i]->pack_mem);
         }
         kiln_free(m->layers);
     }
+    kiln_free(m->output.pack_mem);
     kiln_free(m->output_norm);
     kiln_free(m->freq_factors);
     kiln_scratch_free(&m->s);

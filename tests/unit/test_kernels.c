@@ -126,6 +126,36 @@ static void matmul_all_types(void) {
 }
 
 
+/* The packed layout (when T has one for t): matmul_packed alone, and as the second of two
+ * matrices in one job, is bit-identical to T->matmul's y on the same weights. */
+static void check_packed(const kiln_kernels *T, kiln_wtype t, const void *w, int n_out, int n_in, const float *x,
+                         int n_x, const float *y, kiln_rng *r) {
+    size_t pb = T->pack_bytes ? T->pack_bytes(t, n_out, n_in) : 0;
+    if (pb == 0) return;
+    /* a second matrix of another height shares the job */
+    int n_out2 = 1 + (int)(kiln_rng_u64(r) % 40);
+    double *wf2 = malloc(sizeof(double) * (size_t)n_out2 * n_in);
+    void *w2 = make_weights(t, n_out2, n_in, r, wf2);
+    size_t pb2 = T->pack_bytes(t, n_out2, n_in);
+    void *p = aligned_alloc(64, (pb + 63) & ~(size_t)63), *p2 = aligned_alloc(64, (pb2 + 63) & ~(size_t)63);
+    size_t rb = kiln_wtype_row_bytes(t, n_in);
+    T->pack(t, w, rb, n_out, n_in, p, 2);
+    T->pack(t, w2, rb, n_out2, n_in, p2, 2);
+    float *yp = malloc(sizeof(float) * (size_t)n_x * n_out), *ya = malloc(sizeof(float) * (size_t)n_x * n_out);
+    float *y2 = malloc(sizeof(float) * (size_t)n_x * n_out2), *y2r = malloc(sizeof(float) * (size_t)n_x * n_out2);
+    kiln_pmat one = {p, n_out, yp};
+    T->matmul_packed(t, &one, 1, n_in, x, n_x, 2);
+    kiln_pmat two[2] = {{p2, n_out2, y2}, {p, n_out, ya}};
+    T->matmul_packed(t, two, 2, n_in, x, n_x, 2);
+    T->matmul(t, w2, rb, n_out2, n_in, x, n_x, y2r, 1);
+    int bad = 0;
+    for (int i = 0; i < n_x * n_out; i++) bad += yp[i] != y[i] || ya[i] != y[i];
+    for (int i = 0; i < n_x * n_out2; i++) bad += y2[i] != y2r[i];
+    CHECK_MSG(bad == 0, "%s type %d (%d,%d,%d): packed results differ from matmul in %d places", T->name, (int)t,
+              n_out, n_in, n_x, bad);
+    free(wf2), free(w2), free(p), free(p2), free(yp), free(ya), free(y2), free(y2r);
+}
+
 /* ---- every SIMD table against ref ----
  * Random shapes with odd row counts (tails of the 4-, 8- and 16-row tiles), odd activation row
  * counts (both the matrix-vector and the panel paths, and their tails), odd n_in for float types.
@@ -172,6 +202,7 @@ static void check_table_matmul(const kiln_kernels *T, kiln_wtype t, int n_out, i
                           n_out, n_in, n_x, xr, o, y1[o], y[xr * n_out + o]);
     }
     CHECK_MSG(bad == 0, "%s type %d (%d,%d,%d): %d mismatches", T->name, (int)t, n_out, n_in, n_x, bad);
+    check_packed(T, t, w, n_out, n_in, x, n_x, y, r);
     free(w), free(wf), free(x), free(y), free(yr), free(y1);
 }
 
