@@ -124,84 +124,108 @@ static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
     }
 }
 
-#define Q_PF 40
+/* Activation rows per Q tile. */
+#define Q_ROWS 16
+#define Q_PF_BYTES 20480
 
-/* ---- Q8_0 / Q4_0 tile: one panel x C activation rows ----
+/* ---- Q8_0 / Q4_0 tile: NP panels x C activation rows ----
  * Per (row, block): the exact int32 dot (vpdpbusd, in any order) plus the correction, then
- * acc += float(sum) * (d_w * d_x) with one FMA, blocks in order. */
-static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int C, const uint8_t *panel, const qact *a,
-                                                         int64_t c0, float *y, int64_t n_out, int64_t o0) {
+ * acc += float(sum) * (d_w * d_x) with one FMA, blocks in order. NP = 2 (single-row case) reads two
+ * panels side by side: more weight loads in flight. */
+static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
+                                                         size_t pb, const qact *a, int64_t c0, float *y,
+                                                         int64_t n_out, int64_t o0) {
     const int64_t nb = a->nb;
-    const uint16_t *sc = (const uint16_t *)panel;
-    const uint8_t *qp = panel + round64((size_t)nb * 32);
+    const size_t qb = t == KILN_WTYPE_Q4_0 ? 256 : 512, q_off = round64((size_t)nb * 32);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc[8];
-    #pragma GCC unroll 8
-    for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    __m512 acc[2][Q_ROWS];
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < C; c++) acc[p][c] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(sc + b * PANEL)));
-        __m512i wv[8];
-        if (C == 1) {
-            const int qb = t == KILN_WTYPE_Q4_0 ? 256 : 512;
-            #pragma GCC unroll 8
-            for (int i = 0; i < qb; i += 64) _mm_prefetch((const char *)(qp + (size_t)(b + Q_PF) * qb + i), _MM_HINT_T1);
-        }
-        if (t == KILN_WTYPE_Q4_0) {
-            const uint8_t *q = qp + (size_t)b * 256;
-            #pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                __m512i v = _mm512_load_si512(q + 64 * j);
-                wv[j] = _mm512_and_si512(v, m4);
-                wv[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        #pragma GCC unroll 2
+        for (int p = 0; p < NP; p++) {
+            const uint8_t *pp = panel + p * pb;
+            __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pp + (size_t)b * 32)));
+            const uint8_t *q = pp + q_off + (size_t)b * qb;
+            if (C == 1 && Q_PF_BYTES > 0) {
+                #pragma GCC unroll 8
+                for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + Q_PF_BYTES + i), _MM_HINT_T1);
             }
-        } else {
-            const uint8_t *q = qp + (size_t)b * 512;
-            #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) wv[j] = _mm512_load_si512(q + 64 * j);
-        }
-        #pragma GCC unroll 8
-        for (int c = 0; c < C; c++) {
-            int64_t r = c0 + c;
-            const int32_t *aq = (const int32_t *)(a->q + (r * nb + b) * 32);
-            __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]), s1 = _mm512_setzero_si512();
-            #pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                s0 = _mm512_dpbusd_epi32(s0, wv[j], _mm512_set1_epi32(aq[j]));
-                s1 = _mm512_dpbusd_epi32(s1, wv[j + 4], _mm512_set1_epi32(aq[j + 4]));
+            __m512i wv[8];
+            if (t == KILN_WTYPE_Q4_0) {
+                #pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    __m512i v = _mm512_load_si512(q + 64 * j);
+                    wv[j] = _mm512_and_si512(v, m4);
+                    wv[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                }
+            } else {
+                #pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) wv[j] = _mm512_load_si512(q + 64 * j);
             }
-            __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), s, acc[c]);
+            #pragma GCC unroll 16
+            for (int c = 0; c < C; c++) {
+                int64_t r = c0 + c;
+                const int32_t *aq = (const int32_t *)(a->q + (r * nb + b) * 32);
+                __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]), s1 = _mm512_setzero_si512();
+                #pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    s0 = _mm512_dpbusd_epi32(s0, wv[j], _mm512_set1_epi32(aq[j]));
+                    s1 = _mm512_dpbusd_epi32(s1, wv[j + 4], _mm512_set1_epi32(aq[j + 4]));
+                }
+                __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
+                acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), sc, acc[p][c]);
+            }
         }
     }
-    __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o0)) - 1);
-    #pragma GCC unroll 8
-    for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o0, m, acc[c]);
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++) {
+        int64_t o = o0 + p * PANEL;
+        __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o)) - 1);
+        #pragma GCC unroll 16
+        for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o, m, acc[p][c]);
+    }
 }
 
-/* Activation rows per Q tile. */
-#define Q_ROWS 8
+/* np (1 or 2) consecutive panels against activation rows [c0, c1). */
+static inline __attribute__((always_inline)) void q_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
+                                                             const qact *a, int64_t c0, int64_t c1, float *y,
+                                                             int64_t n_out, int64_t o0) {
+    if (c1 - c0 == 1 && np == 2) {
+        q_tile(t, 2, 1, panel, pb, a, c0, y, n_out, o0);
+        return;
+    }
+    for (int p = 0; p < np; p++) {
+        const uint8_t *pp = panel + p * pb;
+        int64_t o = o0 + p * PANEL, c = c0;
+        for (; c + Q_ROWS <= c1; c += Q_ROWS) q_tile(t, 1, Q_ROWS, pp, pb, a, c, y, n_out, o);
+        switch (c1 - c) {
+        case 15: q_tile(t, 1, 15, pp, pb, a, c, y, n_out, o); break;
+        case 14: q_tile(t, 1, 14, pp, pb, a, c, y, n_out, o); break;
+        case 13: q_tile(t, 1, 13, pp, pb, a, c, y, n_out, o); break;
+        case 12: q_tile(t, 1, 12, pp, pb, a, c, y, n_out, o); break;
+        case 11: q_tile(t, 1, 11, pp, pb, a, c, y, n_out, o); break;
+        case 10: q_tile(t, 1, 10, pp, pb, a, c, y, n_out, o); break;
+        case 9: q_tile(t, 1, 9, pp, pb, a, c, y, n_out, o); break;
+        case 8: q_tile(t, 1, 8, pp, pb, a, c, y, n_out, o); break;
+        case 7: q_tile(t, 1, 7, pp, pb, a, c, y, n_out, o); break;
+        case 6: q_tile(t, 1, 6, pp, pb, a, c, y, n_out, o); break;
+        case 5: q_tile(t, 1, 5, pp, pb, a, c, y, n_out, o); break;
+        case 4: q_tile(t, 1, 4, pp, pb, a, c, y, n_out, o); break;
+        case 3: q_tile(t, 1, 3, pp, pb, a, c, y, n_out, o); break;
+        case 2: q_tile(t, 1, 2, pp, pb, a, c, y, n_out, o); break;
+        case 1: q_tile(t, 1, 1, pp, pb, a, c, y, n_out, o); break;
+        default: break;
+        }
+    }
+}
 
-/* Panel against activation rows [c0, c1). */
-static void q_panel(kiln_wtype t, const uint8_t *panel, const qact *a, int64_t c0, int64_t c1, float *y,
-                    int64_t n_out, int64_t o0) {
-#define QT(T)                                                                                                \
-    do {                                                                                                     \
-        int64_t c = c0;                                                                                      \
-        for (; c + Q_ROWS <= c1; c += Q_ROWS) q_tile(T, Q_ROWS, panel, a, c, y, n_out, o0);                  \
-        switch (c1 - c) {                                                                                    \
-        case 7: q_tile(T, 7, panel, a, c, y, n_out, o0); break;                                              \
-        case 6: q_tile(T, 6, panel, a, c, y, n_out, o0); break;                                              \
-        case 5: q_tile(T, 5, panel, a, c, y, n_out, o0); break;                                              \
-        case 4: q_tile(T, 4, panel, a, c, y, n_out, o0); break;                                              \
-        case 3: q_tile(T, 3, panel, a, c, y, n_out, o0); break;                                              \
-        case 2: q_tile(T, 2, panel, a, c, y, n_out, o0); break;                                              \
-        case 1: q_tile(T, 1, panel, a, c, y, n_out, o0); break;                                              \
-        default: break;                                                                                      \
-        }                                                                                                    \
-    } while (0)
-    if (t == KILN_WTYPE_Q4_0) QT(KILN_WTYPE_Q4_0);
-    else QT(KILN_WTYPE_Q8_0);
-#undef QT
+static void q_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, const qact *a, int64_t c0, int64_t c1,
+                     float *y, int64_t n_out, int64_t o0) {
+    if (t == KILN_WTYPE_Q4_0) q_panels_t(KILN_WTYPE_Q4_0, panel, pb, np, a, c0, c1, y, n_out, o0);
+    else q_panels_t(KILN_WTYPE_Q8_0, panel, pb, np, a, c0, c1, y, n_out, o0);
 }
 
 /* ---- F32 / F16 / BF16 tile: NP panels x C activation rows ----
@@ -221,7 +245,7 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
     __m512 acc[4][6];
     #pragma GCC unroll 4
     for (int p = 0; p < NP; p++)
-        #pragma GCC unroll 8
+        #pragma GCC unroll 16
         for (int c = 0; c < C; c++) acc[p][c] = _mm512_setzero_ps();
     for (int64_t k = 0; k < n_in; k++) {
         __m512 wv[4];
@@ -338,8 +362,7 @@ static void m_item(const mjob *j, int64_t it) {
     int64_t c0 = rb * ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + ROW_BLOCK);
     const uint8_t *panel = panels_of(j, mi, p, np);
     if (is_q(j->t)) {
-        for (int i = 0; i < np; i++)
-            q_panel(j->t, panel + (size_t)i * j->pb, &j->a, c0, c1, M->y, M->n_out, (p + i) * PANEL);
+        q_panels(j->t, panel, j->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
     } else {
         f_panels(j->t, panel, j->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
     }
