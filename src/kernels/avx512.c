@@ -416,6 +416,7 @@ static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t
 }
 
 static size_t avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
+    if (kiln_kquant_handles(t)) return kiln_kquant_pack_bytes(t, n_out, n_in);
     if (!packable(t) || n_out <= 0 || n_in <= 0 || (is_q(t) && n_in % 32 != 0)) return 0;
     size_t n_panels = ((size_t)n_out + PANEL - 1) / PANEL, pb = panel_bytes(t, n_in), total;
     return kiln_mul_size(n_panels, pb, &total) ? total : 0;
@@ -438,6 +439,10 @@ static void pack_part(void *ctx, int ith, int nth) {
 
 static void avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
                         int n_threads) {
+    if (kiln_kquant_handles(t)) {
+        kiln_kquant_pack(t, w, row_bytes, n_out, n_in, dst, n_threads);
+        return;
+    }
     KILN_ASSERT(avx512_pack_bytes(t, n_out, n_in) > 0);
     KILN_ASSERT(((uintptr_t)dst & 63) == 0);
     pack_job j = {t, w, row_bytes, panel_bytes(t, n_in), n_out, n_in, dst};
@@ -446,6 +451,10 @@ static void avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
 
 static void avx512_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
                                  int64_t n_x, int n_threads) {
+    if (kiln_kquant_handles(t)) {
+        kiln_kquant_matmul_packed(t, mats, n_mats, n_in, x, n_x, n_threads);
+        return;
+    }
     for (int i = 0; i < n_mats; i++) KILN_ASSERT(((uintptr_t)mats[i].packed & 63) == 0 && mats[i].n_out > 0);
     run_matmul(t, mats, n_mats, NULL, 0, n_in, x, n_x, n_threads);
 }

@@ -179,6 +179,13 @@ bool kiln_kquant_handles(kiln_wtype t);
 void kiln_kquant_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n);
 void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,
                         const float *x, int64_t n_x, float *y, int n_threads);
+/* The packed layout of these types (the contract of kiln_kernels.pack_bytes / pack /
+ * matmul_packed; tables delegate to these): pack_bytes is 0 where there is none on this CPU. */
+size_t kiln_kquant_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in);
+void kiln_kquant_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
+                      int n_threads);
+void kiln_kquant_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
+                               int64_t n_x, int n_threads);
 
 /* Embedding lookup: row `id` of table (n_rows, n_cols) of type t with the given row stride,
  * dequantized into dst (n_cols,). */

@@ -541,3 +541,22 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
                    .x = x, .n_x = n_x, .y = y};
     kiln_pool_run(par ? nt : 1, float_part, &j);
 }
+
+/* ---- packed layout: none yet (pack_bytes 0: the model multiplies these types in place) ---- */
+
+size_t kiln_kquant_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
+    (void)t, (void)n_out, (void)n_in;
+    return 0;
+}
+
+void kiln_kquant_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
+                      int n_threads) {
+    (void)t, (void)w, (void)row_bytes, (void)n_out, (void)n_in, (void)dst, (void)n_threads;
+    KILN_ASSERT(!"no packed layout for this type");
+}
+
+void kiln_kquant_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
+                               int64_t n_x, int n_threads) {
+    (void)t, (void)mats, (void)n_mats, (void)n_in, (void)x, (void)n_x, (void)n_threads;
+    KILN_ASSERT(!"no packed layout for this type");
+}
