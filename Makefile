@@ -71,6 +71,8 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(BUILD)/libkiln.a
 
 $(BUILD)/src/kernels/avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/src/kernels/avx512.o: CFLAGS += $(ISA_avx512)
+$(BUILD)/src/kernels/avx2_%.o: CFLAGS += $(ISA_avx2)
+$(BUILD)/src/kernels/avx512_%.o: CFLAGS += $(ISA_avx512)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
