@@ -149,7 +149,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             const uint8_t *pp = panel + p * pb;
             __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pp + (size_t)b * 32)));
             const uint8_t *q = pp + q_off + (size_t)b * qb;
-            if (C == 1 && Q_PF_BYTES > 0) {
+            if (Q_PF_BYTES > 0) {
                 #pragma GCC unroll 8
                 for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + Q_PF_BYTES + i), _MM_HINT_T1);
             }
