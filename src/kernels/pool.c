@@ -25,6 +25,7 @@ static struct {
     _Atomic uint32_t gen;      /* job generation; workers' futex word */
     _Atomic uint32_t pending;  /* workers still in the current job; the caller's futex word */
     _Atomic int n_sleeping;    /* workers in (or about to enter) futex_wait on gen */
+    _Atomic int caller_sleeping; /* the caller is in (or about to enter) futex_wait on pending */
     kiln_pool_fn fn;           /* the current job */
     void *ctx;
     int nth;
@@ -90,7 +91,11 @@ static void *worker(void *arg) {
         budget_update(now_ns() - t0);
         seen = g;
         if (ith < P.nth) P.fn(P.ctx, ith, P.nth);
-        if (atomic_fetch_sub_explicit(&P.pending, 1, memory_order_acq_rel) == 1) futex_wake(&P.pending);
+        /* the last member wakes the caller only if it went to sleep (a wake is a syscall and,
+         * in a VM, an inter-processor interrupt); seq_cst on both sides: the caller publishes
+         * caller_sleeping before re-reading pending, the worker publishes pending before reading
+         * caller_sleeping, so one of them sees the other */
+        if (atomic_fetch_sub(&P.pending, 1) == 1 && atomic_load(&P.caller_sleeping)) futex_wake(&P.pending);
     }
     return NULL;
 }
@@ -152,7 +157,9 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx) {
     uint32_t p;
     int64_t t0 = now_ns();
     while ((p = spin_while_eq(&P.pending, atomic_load(&P.pending))) != 0) {
+        atomic_store(&P.caller_sleeping, 1);
         if (p == atomic_load(&P.pending)) futex_wait(&P.pending, p);
+        atomic_store(&P.caller_sleeping, 0);
     }
     budget_update(now_ns() - t0);
     pthread_mutex_unlock(&P.lock);
