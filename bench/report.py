@@ -91,6 +91,7 @@ def main():
     # its own; under load a single measurement can be low)
     bw_max = max((r.get("bandwidth_bytes_per_s", 0) for r in reports), default=0)
     peak_max = max((r.get("fma_peak_flops", 0) for r in reports), default=0)
+    int8_max = max((r.get("int8_peak_ops", 0) for r in reports), default=0)
     lines = [BEGIN, "# Engine benchmarks (`make bench`)", ""]
     if not reports:
         lines += ["No reports.", END]
@@ -129,8 +130,8 @@ def main():
             "| OS kernel | %s |" % m["kernel"],
             "| measured read bandwidth (all threads, 1 GiB buffer) | %.1f GB/s |"
             % (max(r["bandwidth_bytes_per_s"] for r in reports) / 1e9),
-            "| measured FP32 FMA peak (all threads) | %.0f GFLOP/s |"
-            % (max(r["fma_peak_flops"] for r in reports) / 1e9),
+            "| measured FP32 FMA peak (all threads) | %.0f GFLOP/s |" % (peak_max / 1e9),
+            "| measured INT8 dot peak (all threads, AVX-512 VNNI) | %.0f GOP/s |" % (int8_max / 1e9),
             "| issue 6's figures for this machine type | ~40 GB/s read, ~490 GFLOP/s FP32 FMA, ~1.9 TOP/s int8 dot |",
             "",
             "The ceilings are measured by `kiln bench --roofline` (best of a few short passes); when other"
@@ -173,8 +174,9 @@ def main():
                 for t in pp:
                     x = res[t]
                     c = "%s (%s)" % (fmt(x["tps_median"]), fmt(x["tps_best"]))
-                    if "flops_per_token" in x and peak_max > 0:
-                        c += ", %.0f%% of FMA peak" % (100 * x["tps_median"] * x["flops_per_token"] / peak_max)
+                    ceil, cname = (int8_max, "INT8 peak") if r.get("pp_ceiling") == "int8" else (peak_max, "FMA peak")
+                    if "flops_per_token" in x and ceil > 0:
+                        c += ", %.0f%% of %s" % (100 * x["tps_median"] * x["flops_per_token"] / ceil, cname)
                     if lc and t == "pp512":
                         ratio = x["tps_median"] / lc[0]
                         c += ", **%.2fx** llama.cpp" % ratio
@@ -192,6 +194,10 @@ def main():
                         c += ", %.0f%% of bw" % (100 * x["tps_median"] / x["batch"] * x["bytes_per_step"] / bw_max)
                     if b == 1:
                         b1 = x["tps_median"]
+                        if lc and "bytes_per_step" in x and bw_max > 0:
+                            frac = x["tps_median"] * x["bytes_per_step"] / bw_max
+                            checks.append(("%s tg b1 >= 85%% of measured bandwidth" % TYPE_LABEL[r["wtype"]], frac,
+                                           frac >= 0.85))
                         if lc:
                             ratio = x["tps_median"] / lc[1]
                             c += ", **%.2fx** llama.cpp" % ratio
@@ -212,10 +218,10 @@ def main():
             lines.append("")
             lines.append("% of bw: weight + KV bytes read per decode step x steps/s, over the measured"
                          " read bandwidth of the machine table (the best of the runs' measurements;"
-                         " the ceiling of batch-1 decode). % of FMA peak: 2 x params +"
-                         " attention FLOPs per token x tok/s, over the measured FP32 FMA peak (the"
-                         " int8 kernels of the quantized types can exceed it: the machine's int8 dot"
-                         " peak is ~4x its FP32 FMA peak).")
+                         " the ceiling of batch-1 decode). % of FMA / INT8 peak: 2 x params +"
+                         " attention operations per token x tok/s, over the measured FP32 FMA peak"
+                         " (F16) or INT8 dot peak (quantized types, whose matmuls run on int8 dot"
+                         " products).")
             lines.append("")
             if checks:
                 lines += ["Targets of issue 6 (this run):", "", "| target | measured | |", "|---|---:|---|"]

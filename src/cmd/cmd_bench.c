@@ -110,6 +110,19 @@ __attribute__((target("avx2,fma"))) static float fma_loop(long iters, float seed
     _mm256_storeu_ps(out, s);
     return out[0];
 }
+
+
+/* 12 independent chains of 512-bit vpdpbusd (64 u8 x s8 products each): iters * 12 * 64 MACs. */
+__attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, int seed) {
+    __m512i w = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
+    __m512i c[12];
+    for (int i = 0; i < 12; i++) c[i] = _mm512_set1_epi32(seed + i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) c[i] = _mm512_dpbusd_epi32(c[i], w, x);
+    __m512i s = c[0];
+    for (int i = 1; i < 12; i++) s = _mm512_xor_si512(s, c[i]); /* keeps the chains live, cannot overflow */
+    return _mm_cvtsi128_si32(_mm512_castsi512_si128(s));
+}
 #endif
 
 /* Best of several passes of a streaming read over `bytes` (each thread reads its own slice of a
@@ -175,6 +188,33 @@ static double measure_fma_peak(int nt) {
 #endif
 }
 
+/* INT8 dot-product ops/s (2 per u8 x s8 multiply-add) with every thread, measured with AVX-512
+ * VNNI (0 when the CPU has none): the ceiling of the integer matmul path of quantized types. */
+static double measure_int8_peak(int nt) {
+#ifdef HAVE_AVX2_BENCH
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vnni")) return 0;
+    const long iters = 10 * 1000 * 1000;
+    double best = 0;
+    volatile int sink = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        int s = 0;
+        double t0 = kiln_now_s();
+#pragma omp parallel num_threads(nt) reduction(^ : s)
+        s ^= dot_loop(iters, omp_get_thread_num());
+        double dt = kiln_now_s() - t0;
+        sink ^= s;
+        double f = (double)iters * 12 * 64 * 2 * nt / dt;
+        if (f > best) best = f;
+    }
+    (void)sink;
+    return best;
+#else
+    (void)nt;
+    return 0;
+#endif
+}
+
 /* ---- the model's costs ---- */
 
 /* Bytes of weights one forward reads (every tensor but the embedding table, which is read one row
@@ -189,6 +229,20 @@ static void weight_costs(const kiln_model *m, double *bytes, double *params) {
         *bytes += (double)t->n_bytes;
         if (t->n_dims == 2) *params += (double)t->n_elems;
     }
+}
+
+/* True when most of the matmul weight bytes are of a type the kernels multiply with integer dot
+ * products (quantized activations), false for F32/F16/BF16. */
+static bool mostly_integer(const kiln_model *m) {
+    const kiln_gguf *g = kiln_model_gguf(m);
+    double ib = 0, fb = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kiln_gguf_tensor *t = &g->tensors[i];
+        if (t->n_dims != 2) continue;
+        bool fl = t->type == KILN_DTYPE_F32 || t->type == KILN_DTYPE_F16 || t->type == KILN_DTYPE_BF16;
+        *(fl ? &fb : &ib) += (double)t->n_bytes;
+    }
+    return ib > fb;
 }
 
 /* One line naming the weight types and how many tensors have each. */
@@ -416,11 +470,16 @@ int kiln_cmd_bench(int argc, char **argv) {
         summarize(r);
     }
 
-    double bw = 0, peak = 0;
+    double bw = 0, peak = 0, fma_peak = 0, int8_peak = 0;
+    const char *peak_name = "FP32 FMA peak", *peak_unit = "GFLOP/s";
     if (roofline) {
         int team = nt > 0 ? nt : omp_get_num_procs();
         bw = measure_bandwidth(team, (size_t)1 << 30);
-        peak = measure_fma_peak(team);
+        fma_peak = measure_fma_peak(team);
+        int8_peak = measure_int8_peak(team);
+        peak = fma_peak;
+        /* pp of a quantized model runs on integer dot products: that is its compute ceiling */
+        if (mostly_integer(B.m) && int8_peak > 0) peak = int8_peak, peak_name = "INT8 dot peak", peak_unit = "GOP/s";
     }
 
     const char *kernels = kiln_kernels_get()->name;
@@ -431,7 +490,9 @@ int kiln_cmd_bench(int argc, char **argv) {
                types, w_params, w_bytes, kernels);
         if (nt) printf("%d", nt);
         else printf("\"default\"");
-        if (roofline) printf(", \"bandwidth_bytes_per_s\": %.4g, \"fma_peak_flops\": %.4g", bw, peak);
+        if (roofline)
+            printf(", \"bandwidth_bytes_per_s\": %.4g, \"fma_peak_flops\": %.4g, \"int8_peak_ops\": %.4g, "
+                   "\"pp_ceiling\": \"%s\"", bw, fma_peak, int8_peak, peak == int8_peak ? "int8" : "fp32");
         printf(", \"results\": [");
         for (int i = 0; i < n_res; i++) {
             result *r = &res[i];
@@ -444,7 +505,7 @@ int kiln_cmd_bench(int argc, char **argv) {
                 printf(", \"bytes_per_step\": %.0f, \"bw_fraction_median\": %.4f", r->bytes_per_step,
                        r->median_tps / r->batch * r->bytes_per_step / bw);
             if (roofline && r->flops_per_run > 0 && peak > 0)
-                printf(", \"flops_per_token\": %.0f, \"fma_fraction_median\": %.4f", r->flops_per_run / r->n_tokens,
+                printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.4f", r->flops_per_run / r->n_tokens,
                        r->median_tps * r->flops_per_run / r->n_tokens / peak);
             printf("}");
         }
@@ -456,8 +517,8 @@ int kiln_cmd_bench(int argc, char **argv) {
         if (nt) printf("%d", nt);
         printf(", reps: %ld\n", reps);
         if (roofline)
-            printf("roofline: read bandwidth %.1f GB/s, FP32 FMA peak %.0f GFLOP/s (measured, all threads)\n", bw / 1e9,
-                   peak / 1e9);
+            printf("roofline: read bandwidth %.1f GB/s, %s %.0f %s (measured, all threads)\n", bw / 1e9, peak_name,
+                   peak / 1e9, peak_unit);
         printf("| test | tok/s median | tok/s best |%s\n", roofline ? " ceiling used (median) |" : "");
         printf("|---|---:|---:|%s\n", roofline ? "---:|" : "");
         for (int i = 0; i < n_res; i++) {
@@ -467,9 +528,8 @@ int kiln_cmd_bench(int argc, char **argv) {
                 printf(" %.0f%% of bandwidth (%.1f GB/s) |", 100 * r->median_tps / r->batch * r->bytes_per_step / bw,
                        r->median_tps / r->batch * r->bytes_per_step / 1e9);
             else if (roofline && r->flops_per_run > 0 && peak > 0)
-                printf(" %.0f%% of FP32 FMA peak (%.0f GFLOP/s) |",
-                       100 * r->median_tps * r->flops_per_run / r->n_tokens / peak,
-                       r->median_tps * r->flops_per_run / r->n_tokens / 1e9);
+                printf(" %.0f%% of %s (%.0f %s) |", 100 * r->median_tps * r->flops_per_run / r->n_tokens / peak,
+                       peak_name, r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit);
             else if (roofline)
                 printf(" - |");
             printf("\n");

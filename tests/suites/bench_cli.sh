@@ -34,6 +34,7 @@ for x in r["results"]:
     assert x["tokens"] == (24 if x["test"] == "pp24" else 6 * x["batch"]), x
     assert ("bw_fraction_median" in x) == x["test"].startswith("tg"), x
 assert r["bandwidth_bytes_per_s"] > 1e8 and r["fma_peak_flops"] > 1e8, r
+assert r["pp_ceiling"] == ("int8" if r["int8_peak_ops"] > 0 else "fp32"), r
 g = gguf.Reader(sys.argv[1])
 want = sum(gguf.tensor_nbytes(t.type, int(__import__("numpy").prod(t.ne)))
            for n, t in g.tensors.items() if n != "token_embd.weight")
