@@ -268,6 +268,8 @@ static void avx2_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
 
 /* ---- vector helpers (attention inner loops) ---- */
 
+#include "kernels/isa.h" /* kiln_attn_chunk_rows (ref.c) */
+
 static float avx2_dot(const float *a, const float *b, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -307,6 +309,11 @@ static void avx2_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot
                       const float *freq_factors, int rope_type) {
     kiln_kernels_ref.rope(x, n_heads, head_dim, n_rot, pos, theta_base, freq_factors, rope_type);
 }
+/* attn_chunk the reference way with this table's row ops. */
+static void avx2_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
+                            int32_t hd, float scale) {
+    kiln_attn_chunk_rows(avx2_dot_rows, avx2_axpy_rows, qs, n_q, k, v, stride, n, hd, scale);
+}
 static void avx2_silu_mul(float *g, const float *u, int64_t n) { kiln_kernels_ref.silu_mul(g, u, n); }
 static void avx2_softmax(float *x, int64_t n) { kiln_kernels_ref.softmax(x, n); }
 
@@ -322,4 +329,5 @@ const kiln_kernels kiln_kernels_avx2 = {
     .axpy = avx2_axpy,
     .dot_rows = avx2_dot_rows,
     .axpy_rows = avx2_axpy_rows,
+    .attn_chunk = avx2_attn_chunk,
 };

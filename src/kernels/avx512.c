@@ -462,6 +462,8 @@ static void avx512_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats
 
 /* ---- vector helpers (attention inner loops) ---- */
 
+#include "kernels/isa.h" /* the element-wise ops and attn_chunk (avx512_vec.c) */
+
 static float avx512_dot(const float *a, const float *b, int64_t n) {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int64_t i = 0;
@@ -521,15 +523,10 @@ static void avx512_axpy_rows(const float *w, const float *v, size_t stride, int6
 static void avx512_dequant_row(kiln_wtype t, const void *src, float *dst, int64_t n) {
     kiln_kernels_ref.dequant_row(t, src, dst, n);
 }
-static void avx512_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *out) {
-    kiln_kernels_ref.rmsnorm(x, w, n, eps, out);
-}
 static void avx512_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pos, float theta_base,
                         const float *freq_factors, int rope_type) {
     kiln_kernels_ref.rope(x, n_heads, head_dim, n_rot, pos, theta_base, freq_factors, rope_type);
 }
-static void avx512_silu_mul(float *g, const float *u, int64_t n) { kiln_kernels_ref.silu_mul(g, u, n); }
-static void avx512_softmax(float *x, int64_t n) { kiln_kernels_ref.softmax(x, n); }
 
 const kiln_kernels kiln_kernels_avx512 = {
     .name = "avx512",
@@ -538,12 +535,13 @@ const kiln_kernels kiln_kernels_avx512 = {
     .pack_bytes = avx512_pack_bytes,
     .pack = avx512_pack,
     .matmul_packed = avx512_matmul_packed,
-    .rmsnorm = avx512_rmsnorm,
+    .rmsnorm = kiln_avx512_rmsnorm,
     .rope = avx512_rope,
-    .silu_mul = avx512_silu_mul,
-    .softmax = avx512_softmax,
+    .silu_mul = kiln_avx512_silu_mul,
+    .softmax = kiln_avx512_softmax,
     .dot = avx512_dot,
     .axpy = avx512_axpy,
     .dot_rows = avx512_dot_rows,
     .axpy_rows = avx512_axpy_rows,
+    .attn_chunk = kiln_avx512_attn_chunk,
 };

@@ -112,6 +112,21 @@ typedef struct kiln_pmat {
     float *y;
 } kiln_pmat;
 
+/* Attention over a paged KV cache is computed one chunk of at most KILN_ATT_CHUNK positions at a
+ * time for up to KILN_ATT_MAX_Q query vectors at once (kiln_kernels.attn_chunk). */
+#define KILN_ATT_CHUNK 32
+#define KILN_ATT_MAX_Q 64
+
+/* One query vector's online-softmax state across attn_chunk calls. Before the first chunk:
+ * m = -INFINITY, l = 0, acc all zero; after the last, the attention output is acc / l. */
+typedef struct kiln_attn_q {
+    const float *q;        /* (hd,) query */
+    float *acc;            /* (hd,) sum of exp(score - m) * V row over the positions seen */
+    float m;               /* largest scaled score seen */
+    float l;               /* sum of exp(score - m) over the positions seen */
+    int32_t n_see;         /* positions of the current chunk this query sees: 1..n, a prefix */
+} kiln_attn_q;
+
 /* The kernel table. Shapes are row-major; "(a, b)" means a rows of b contiguous floats. */
 typedef struct kiln_kernels {
     const char *name;
@@ -153,6 +168,14 @@ typedef struct kiln_kernels {
     /* y (n,) += w[i] * (v + i * stride) for i = 0, 1, ... n_rows - 1 in that order: a V chunk
      * weighted into an accumulator; bit-identical to n_rows calls of axpy. */
     void (*axpy_rows)(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y);
+    /* One chunk of n (1..KILN_ATT_CHUNK) cached positions, K rows k + i * stride and V rows
+     * v + i * stride (hd floats each), updates n_q (0..KILN_ATT_MAX_Q) query states: for each,
+     * s_i = dot(q, K_i) * scale for i < n_see; m' = max(m, max s_i); c = exp(m - m');
+     * l = l * c + sum exp(s_i - m'); acc = acc * c + sum over i in order of exp(s_i - m') * V_i.
+     * A query's result depends only on its own state, q, n_see and those n_see positions, never
+     * on n or on the other queries of the call (bit-identical however queries are grouped). */
+    void (*attn_chunk)(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
+                       int32_t hd, float scale);
 } kiln_kernels;
 
 /* True when the CPU has F16C (CPUID; clang's __builtin_cpu_supports does not know "f16c"). */

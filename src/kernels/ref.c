@@ -4,6 +4,7 @@
  * Results never depend on the number of threads or on the other rows of a batch.
  * Layouts: ggml block formats (kernels.h). No heap allocation. */
 #include "kernels/kernels.h"
+#include "kernels/isa.h"
 
 #include <math.h>
 #include <omp.h>
@@ -117,6 +118,41 @@ static void ref_axpy_rows(const float *w, const float *v, size_t stride, int64_t
     for (int64_t r = 0; r < n_rows; r++) ref_axpy(w[r], v + (size_t)r * stride, y, n);
 }
 
+/* Each query in turn: its scores, the running max and the rescale, then its exp weights over
+ * the V rows in order (the online softmax written out). */
+void kiln_attn_chunk_rows(void (*dot_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
+                          void (*axpy_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
+                          kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
+                          int32_t hd, float scale) {
+    KILN_ASSERT(n >= 1 && n <= KILN_ATT_CHUNK && n_q >= 0 && n_q <= KILN_ATT_MAX_Q && hd >= 1);
+    for (int j = 0; j < n_q; j++) {
+        kiln_attn_q *a = &qs[j];
+        KILN_ASSERT(a->n_see >= 1 && a->n_see <= n);
+        float s[KILN_ATT_CHUNK], bm = -INFINITY;
+        dot_rows(a->q, k, stride, a->n_see, hd, s);
+        for (int32_t i = 0; i < a->n_see; i++) {
+            s[i] *= scale;
+            bm = s[i] > bm ? s[i] : bm;
+        }
+        if (bm > a->m) {
+            float c = expf(a->m - bm); /* exp(-inf) = 0 on the first chunk */
+            a->l *= c;
+            for (int32_t i = 0; i < hd; i++) a->acc[i] *= c;
+            a->m = bm;
+        }
+        for (int32_t i = 0; i < a->n_see; i++) {
+            s[i] = expf(s[i] - a->m);
+            a->l += s[i];
+        }
+        axpy_rows(s, v, stride, a->n_see, hd, a->acc);
+    }
+}
+
+static void ref_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
+                           int32_t hd, float scale) {
+    kiln_attn_chunk_rows(ref_dot_rows, ref_axpy_rows, qs, n_q, k, v, stride, n, hd, scale);
+}
+
 /* Weight rows are dequantized CHUNK elements at a time (a multiple of every block size). */
 #define CHUNK 256
 
@@ -211,4 +247,5 @@ const kiln_kernels kiln_kernels_ref = {
     .axpy = ref_axpy,
     .dot_rows = ref_dot_rows,
     .axpy_rows = ref_axpy_rows,
+    .attn_chunk = ref_attn_chunk,
 };
