@@ -2,7 +2,9 @@
  * legacy types Q4_1, Q5_0 (blocks of 32): scalar dequantization (the spec, layouts in kernels.h,
  * checked against ggml's dequantize_row_* semantics) and a matmul that dequantizes one block at a
  * time into a stack buffer and dots it with every activation row (an AVX2+FMA build of that loop
- * runs when the CPU has it), or, with AVX2, an integer path over int8-quantized activations.
+ * runs when the CPU has it), or, with AVX2, an integer path over int8-quantized activations; on
+ * AVX-512 + VNNI CPUs Q4_K / Q5_K / Q6_K go to avx512_kq.c's panels instead (packed at load by the
+ * model, or one panel at a time here), so packed and raw products are bit-identical.
  * Reentrant; the matmul splits output rows over the compute team (pool.h). Heap only for the
  * quantized activations of prompt-sized batches. */
 #include "kernels/kernels.h"
@@ -437,6 +439,7 @@ typedef void (*rows_fn)(kiln_wtype, size_t, size_t, const void *, size_t, int64_
 
 static rows_fn rows;
 static int_rows_fn int_rows;       /* NULL: no integer path on this CPU */
+static bool kq512;                 /* avx512_kq.c's panels (Q4_K / Q5_K / Q6_K) run on this CPU */
 static pthread_once_t rows_once = PTHREAD_ONCE_INIT;
 
 static void pick_rows(void) {
@@ -451,9 +454,14 @@ static void pick_rows(void) {
         if (int_rows && !(no_vnni && *no_vnni == '1') && __builtin_cpu_supports("avx512f") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
             int_rows = int_rows_vnni;
+        /* avx512_kq.c is compiled with the avx512 table's flags: the same features as dispatch.c */
+        kq512 = int_rows == int_rows_vnni && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
     }
 #endif
 }
+
+static bool is_k(kiln_wtype t) { return t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K || t == KILN_WTYPE_Q6_K; }
 
 typedef struct int_job {
     int_rows_fn f;
@@ -533,6 +541,13 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     KILN_ASSERT(kiln_kquant_handles(t) && kiln_wtype_block(t, &be, &bb));
     KILN_ASSERT(n_in % (int64_t)be == 0 && CHUNK % be == 0);
     pthread_once(&rows_once, pick_rows);
+    if (kq512 && is_k(t) && n_in % KILN_QK_K == 0 && n_in > 0) {
+        if (n_out > 0) {
+            kiln_pmat m = {NULL, n_out, y};
+            kiln_kquant_avx512_matmul(t, &m, 1, w, row_bytes, n_in, x, n_x, n_threads);
+        }
+        return;
+    }
     rows_fn f = rows;
     int nt = n_threads;
     bool par = (double)n_out * (double)n_in * (double)n_x >= 65536.0;
@@ -542,21 +557,22 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     kiln_pool_run(par ? nt : 1, float_part, &j);
 }
 
-/* ---- packed layout: none yet (pack_bytes 0: the model multiplies these types in place) ---- */
+/* ---- packed layout: avx512_kq.c's panels for Q4_K / Q5_K / Q6_K on AVX-512 + VNNI CPUs (none
+ * elsewhere, nor for Q4_1 / Q5_0: pack_bytes 0, the model multiplies those in place) ---- */
 
 size_t kiln_kquant_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
-    (void)t, (void)n_out, (void)n_in;
-    return 0;
+    pthread_once(&rows_once, pick_rows);
+    return kq512 && is_k(t) ? kiln_kquant_avx512_pack_bytes(t, n_out, n_in) : 0;
 }
 
 void kiln_kquant_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
                       int n_threads) {
-    (void)t, (void)w, (void)row_bytes, (void)n_out, (void)n_in, (void)dst, (void)n_threads;
-    KILN_ASSERT(!"no packed layout for this type");
+    KILN_ASSERT(kiln_kquant_pack_bytes(t, n_out, n_in) > 0);
+    kiln_kquant_avx512_pack(t, w, row_bytes, n_out, n_in, dst, n_threads);
 }
 
 void kiln_kquant_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
                                int64_t n_x, int n_threads) {
-    (void)t, (void)mats, (void)n_mats, (void)n_in, (void)x, (void)n_x, (void)n_threads;
-    KILN_ASSERT(!"no packed layout for this type");
+    for (int i = 0; i < n_mats; i++) KILN_ASSERT(kiln_kquant_pack_bytes(t, mats[i].n_out, n_in) > 0);
+    kiln_kquant_avx512_matmul(t, mats, n_mats, NULL, 0, n_in, x, n_x, n_threads);
 }

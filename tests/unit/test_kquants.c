@@ -6,6 +6,7 @@
  * table's dequant_row against values numpy computed from the block fields. */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 #include "kernels/kernels.h"
@@ -162,6 +163,151 @@ static void batch_invariant(void) {
     }
 }
 
+/* y (n_x, n_out) against sum(dequant(w) * x) in double, with matmul_vs_double's integer-path
+ * tolerance (activations rounded to int8 per 256). Returns the number of mismatches. */
+static int check_vs_double(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_out, int64_t n_in, const float *x,
+                           int64_t n_x, const float *y, const char *what) {
+    float *wf = malloc(sizeof(float) * (size_t)n_in);
+    int n_bad = 0;
+    for (int64_t o = 0; o < n_out; o++) {
+        kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
+        for (int64_t q = 0; q < n_x; q++) {
+            double s = 0, m = 0, e = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                s += (double)wf[i] * x[q * n_in + i];
+                m += fabs((double)wf[i] * x[q * n_in + i]);
+            }
+            for (int64_t g = 0; g < n_in / 256; g++) {
+                double amax = 0, wsum = 0;
+                for (int64_t i = 256 * g; i < 256 * g + 256; i++) {
+                    amax = fmax(amax, fabs(x[q * n_in + i]));
+                    wsum += fabs(wf[i]);
+                }
+                e += amax / 254 * wsum;
+            }
+            double got = y[q * n_out + o];
+            if (!(fabs(got - s) <= 1e-5 * m + 1.0001 * e + 1e-30) && n_bad++ < 3)
+                CHECK_MSG(0, "%s type %d (%lld x %lld) @ x (%lld): y[%lld][%lld] = %.9g, want %.9g", what, (int)t,
+                          (long long)n_out, (long long)n_in, (long long)n_x, (long long)q, (long long)o, got, s);
+        }
+    }
+    free(wf);
+    return n_bad;
+}
+
+static const kiln_wtype K_TYPES[] = {KILN_WTYPE_Q4_K, KILN_WTYPE_Q5_K, KILN_WTYPE_Q6_K};
+
+/* 64-byte-aligned packed copy of w (NULL when there is no packed layout here). */
+static void *packed_copy(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_out, int64_t n_in, int nt) {
+    size_t n = kiln_kquant_pack_bytes(t, n_out, n_in);
+    if (!n) return NULL;
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    kiln_kquant_pack(t, w, rb, n_out, n_in, p, nt);
+    return p;
+}
+
+/* Where a packed layout exists (AVX-512 + VNNI): 2 or 3 matrices of different (odd) heights in one
+ * matmul_packed call give, bit for bit, what kiln_kquant_matmul gives on the raw rows, for every
+ * batch size 1..24 (tiles of 16 rows and their tails), and stay within the tolerance of the
+ * double-precision product. Elsewhere only that pack_bytes is 0. */
+static void packed_equals_raw(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 11);
+    if (!kiln_kquant_pack_bytes(KILN_WTYPE_Q4_K, 16, 256)) {
+        printf("packed_equals_raw: no packed K-quant layout on this CPU (or KILN_KQUANT_NO_VNNI=1)\n");
+        for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, 512), 0);
+        return;
+    }
+    static const struct {
+        int n_mats;
+        int64_t n_in, n_outs[3];
+    } shapes[] = {{3, 256, {1, 17, 45}}, {2, 768, {33, 16}}, {3, 512, {47, 2, 31}}, {1, 2816, {23, 0, 0}}};
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
+        kiln_wtype t = K_TYPES[ti];
+        for (size_t si = 0; si < KILN_ARRAY_LEN(shapes); si++) {
+            int nm = shapes[si].n_mats;
+            int64_t n_in = shapes[si].n_in, max_x = 24;
+            uint8_t *w[3];
+            void *pk[3];
+            size_t rb = 0;
+            float *x = malloc(sizeof(float) * (size_t)(max_x * n_in));
+            for (int64_t i = 0; i < max_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
+            /* a few large activations: blocks with very different scales */
+            for (int64_t i = 0; i < max_x * n_in; i += 301) x[i] *= 40.0f;
+            for (int m = 0; m < nm; m++) {
+                w[m] = random_weights(t, shapes[si].n_outs[m], n_in, &r, &rb);
+                pk[m] = packed_copy(t, w[m], rb, shapes[si].n_outs[m], n_in, 2);
+                CHECK(pk[m] != NULL);
+            }
+            for (int64_t n_x = 1; n_x <= max_x; n_x++) {
+                float *yp[3], *yr[3];
+                kiln_pmat pm[3];
+                for (int m = 0; m < nm; m++) {
+                    size_t ny = (size_t)(n_x * shapes[si].n_outs[m]);
+                    yp[m] = malloc(sizeof(float) * ny), yr[m] = malloc(sizeof(float) * ny);
+                    pm[m] = (kiln_pmat){pk[m], shapes[si].n_outs[m], yp[m]};
+                }
+                kiln_kquant_matmul_packed(t, pm, nm, n_in, x, n_x, 2);
+                for (int m = 0; m < nm; m++) {
+                    int64_t n_out = shapes[si].n_outs[m];
+                    kiln_kquant_matmul(t, w[m], rb, n_out, n_in, x, n_x, yr[m], n_x % 2 + 1);
+                    CHECK_MSG(memcmp(yp[m], yr[m], sizeof(float) * (size_t)(n_x * n_out)) == 0,
+                              "type %d matrix %d (%lld x %lld), n_x %lld: packed != raw", (int)t, m,
+                              (long long)n_out, (long long)n_in, (long long)n_x);
+                    if (n_x == 1 || n_x == 16 || n_x == max_x) check_vs_double(t, w[m], rb, n_out, n_in, x, n_x, yp[m], "packed");
+                }
+                for (int m = 0; m < nm; m++) free(yp[m]), free(yr[m]);
+            }
+            for (int m = 0; m < nm; m++) free(w[m]), free(pk[m]);
+            free(x);
+        }
+    }
+}
+
+/* Packed: row q of a batch of 24 equals that row multiplied alone, bit for bit (the engine's
+ * batching invariance); and the packed size stays within 3% of the raw rows (decode reads it). */
+static void packed_batch_invariant(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 13);
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
+        kiln_wtype t = K_TYPES[ti];
+        int64_t n_out = 61, n_in = 1024, n_x = 24;
+        size_t rb;
+        uint8_t *w = random_weights(t, n_out, n_in, &r, &rb);
+        void *pk = packed_copy(t, w, rb, n_out, n_in, 1);
+        if (!pk) {
+            free(w);
+            continue;
+        }
+        size_t pb = kiln_kquant_pack_bytes(t, n_out, n_in), raw = rb * 64; /* 4 panels of 16 rows */
+        CHECK_MSG(pb >= raw && pb <= raw + raw * 3 / 100, "type %d: packed %zu bytes, raw %zu", (int)t, pb, raw);
+        float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
+        float *yb = malloc(sizeof(float) * (size_t)(n_x * n_out)), *y1 = malloc(sizeof(float) * (size_t)n_out);
+        for (int64_t i = 0; i < n_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
+        kiln_pmat pm = {pk, n_out, yb};
+        kiln_kquant_matmul_packed(t, &pm, 1, n_in, x, n_x, 2);
+        for (int64_t q = 0; q < n_x; q++) {
+            pm.y = y1;
+            kiln_kquant_matmul_packed(t, &pm, 1, n_in, x + q * n_in, 1, 1);
+            CHECK_MSG(memcmp(y1, yb + q * n_out, sizeof(float) * (size_t)n_out) == 0, "type %d row %lld", (int)t,
+                      (long long)q);
+        }
+        free(w), free(pk), free(x), free(yb), free(y1);
+    }
+}
+
+/* No packed layout for the legacy types or for rows that are not whole super-blocks. */
+static void pack_bytes_shapes(void) {
+    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q4_1, 64, 512), 0);
+    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q5_0, 64, 512), 0);
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
+        CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, 0), 0);
+        CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 0, 256), 0);
+        CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, -256), 0);
+        CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, (int64_t)1 << 62), 0);
+    }
+}
+
 /* ---- vectors file mode ---- */
 static const uint8_t *vec_data;
 static size_t vec_len, vec_pos;
@@ -228,5 +374,8 @@ int main(int argc, char **argv) {
     RUN(matmul_vs_double);
     RUN(threads_invariant);
     RUN(batch_invariant);
+    RUN(packed_equals_raw);
+    RUN(packed_batch_invariant);
+    RUN(pack_bytes_shapes);
     return TEST_REPORT("test_kquants");
 }

@@ -1,0 +1,472 @@
+/* avx512_kq.c: Q4_K / Q5_K / Q6_K matmuls for CPUs with AVX-512 F/BW/DQ/VL + VNNI (+ BF16: the
+ * flags this file is compiled with), over packed panels of 16 output rows made once at load, or
+ * one panel at a time into a per-thread scratch for raw weights: the same tiles, so packed and raw
+ * give bit-identical results. Activations are quantized per 256 to int8 (scale amax / 127, ggml's
+ * Q8_K); per (activation row, sub-block) the int32 dot is exact (vpdpbusd) and acc += float(dot) *
+ * (d * sc * d_a) with one FMA, then per super-block the mins term: every row sees the same ops
+ * whatever the batch. Call only through kquants.c, which checks the CPU first. Reentrant. */
+#include "kernels/kernels.h"
+#include "kernels/pool.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+/* ---- packed layout ----
+ * A packed matrix is a run of panels of PANEL = 16 consecutive output rows (the last one padded
+ * with zero rows), each n_in / 256 super-blocks of sb_bytes(t), all 64-byte aligned. In the
+ * quant vectors every 32-bit lane r holds 4 bytes of row r (so vpdpbusd against a broadcast
+ * activation dword gives each row its own sum, no horizontal adds). One super-block, 16 rows:
+ *   Q4_K / Q5_K: d (16 f16) | dmin (16 f16) | sc: byte 16j + r = 6-bit scale of sub-block j |
+ *     m: 4 x 32 bytes, byte 32k + 2r + e = 6-bit min of sub-block 2k + e (zero-extended to int16
+ *     it pairs with an activation dword of two int16 sums) | qs: for sub-block j (32 elements) 4
+ *     vectors, vector v lane r byte i: low nibble = element 4v + i, high nibble = element
+ *     16 + 4v + i | Q5_K only, qh: for sub-block j one vector, lane r byte i bit k = fifth bit of
+ *     element 4k + i.  2368 bytes (Q4_K, raw 16 x 144 = 2304: +2.8%), 2880 (Q5_K, raw 2816: +2.3%).
+ *   Q6_K: d (16 f16) + 32 bytes pad | sc: byte 16j + r = int8 scale of sub-block j (16 elements) |
+ *     ql: per 32 elements (sub-blocks 2s, 2s + 1) 4 vectors of low 4 bits, nibbles as above |
+ *     qh: per 32 elements 2 vectors, vector h lane r byte i bits 2k..2k+1 = high bits of element
+ *     16h + 4k + i.  3392 bytes (raw 3360: +1%).
+ * Decode is memory-bound, so the packed size stays within 3% of the raw one. */
+
+#define PANEL 16
+#define SB KILN_QK_K
+#define OFF_SC 64
+#define OFF_M 192
+#define OFF_QS 320
+#define OFF_QH 2368
+
+static bool is_kq(kiln_wtype t) { return t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K || t == KILN_WTYPE_Q6_K; }
+
+static inline size_t sb_bytes(kiln_wtype t) {
+    return t == KILN_WTYPE_Q4_K ? 2368 : t == KILN_WTYPE_Q5_K ? 2880 : 3392;
+}
+
+/* Bytes of one panel (false on overflow). */
+static bool panel_bytes(kiln_wtype t, int64_t n_in, size_t *pb) {
+    return kiln_mul_size((size_t)(n_in / SB), sb_bytes(t), pb);
+}
+
+size_t kiln_kquant_avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
+    size_t pb, total;
+    if (!is_kq(t) || n_out <= 0 || n_in <= 0 || n_in % SB != 0 || !panel_bytes(t, n_in, &pb)) return 0;
+    size_t n_panels = ((size_t)n_out + PANEL - 1) / PANEL;
+    return kiln_mul_size(n_panels, pb, &total) ? total : 0;
+}
+
+static inline void put32(uint8_t *dst, uint32_t v) { memcpy(dst, &v, 4); }
+
+/* 32 low-bit nibbles L[l] (l < 32) of one sub-block of 32 (or a pair of Q6_K sub-blocks) -> the
+ * 4 quant vectors' dwords of lane r: byte 4v + i = L[4v + i] | L[16 + 4v + i] << 4. lo16 / hi16
+ * hold L[0..15] and L[16..31] as bytes (values 0..15). */
+static inline void put_nibbles(uint8_t *qv, int r, const uint8_t *lo16, const uint8_t *hi16) {
+    uint64_t a[2], b[2];
+    memcpy(a, lo16, 16);
+    memcpy(b, hi16, 16);
+    uint64_t o[2] = {a[0] | b[0] << 4, a[1] | b[1] << 4};
+    uint8_t ob[16];
+    memcpy(ob, o, 16);
+    for (int v = 0; v < 4; v++) memcpy(qv + v * 64 + 4 * r, ob + 4 * v, 4);
+}
+
+/* Row r of one super-block (raw block src) into the packed super-block dst (16 rows). */
+static void pack_sb(kiln_wtype t, const uint8_t *src, int r, uint8_t *dst) {
+    uint8_t lo[32], hi[32];
+    if (t == KILN_WTYPE_Q6_K) {
+        const kiln_block_q6_k *b = (const kiln_block_q6_k *)src;
+        memcpy(dst + 2 * r, &b->d, 2);
+        for (int j = 0; j < 16; j++) dst[OFF_SC + 16 * j + r] = (uint8_t)b->scales[j];
+        for (int s = 0; s < 8; s++) {
+            int h = s / 4, k = s % 4, sh = k >= 2 ? 4 : 0;
+            const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1);
+            for (int l = 0; l < 16; l++) {
+                lo[l] = (uint8_t)((ql[l] >> sh) & 15);
+                hi[l] = (uint8_t)((ql[16 + l] >> sh) & 15);
+            }
+            put_nibbles(dst + OFF_QS + (size_t)s * 4 * 64, r, lo, hi);
+            for (int hv = 0; hv < 2; hv++) {
+                uint32_t o = 0;
+                for (int kk = 0; kk < 4; kk++) {
+                    uint32_t w;
+                    memcpy(&w, b->qh + 32 * h + 16 * hv + 4 * kk, 4);
+                    o |= ((w >> (2 * k)) & 0x03030303u) << (2 * kk);
+                }
+                put32(dst + OFF_QH + (size_t)(2 * s + hv) * 64 + 4 * r, o);
+            }
+        }
+        return;
+    }
+    /* Q4_K and Q5_K share d, dmin, scales and the low nibbles' layout */
+    const kiln_block_q4_k *b4 = (const kiln_block_q4_k *)src;
+    const kiln_block_q5_k *b5 = (const kiln_block_q5_k *)src;
+    bool five = t == KILN_WTYPE_Q5_K;
+    const uint8_t *scales = five ? b5->scales : b4->scales, *qs = five ? b5->qs : b4->qs;
+    memcpy(dst + 2 * r, five ? &b5->d : &b4->d, 2);
+    memcpy(dst + 32 + 2 * r, five ? &b5->dmin : &b4->dmin, 2);
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        if (j < 4) {
+            sc = scales[j] & 63;
+            m = scales[j + 4] & 63;
+        } else {
+            sc = (scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4);
+            m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+        }
+        dst[OFF_SC + 16 * j + r] = (uint8_t)sc;
+        dst[OFF_M + 32 * (j / 2) + 2 * r + (j & 1)] = (uint8_t)m;
+    }
+    for (int c = 0; c < 4; c++) {
+        const uint8_t *q = qs + 32 * c;
+        for (int l = 0; l < 32; l++) {
+            lo[l] = q[l] & 15;
+            hi[l] = q[l] >> 4;
+        }
+        put_nibbles(dst + OFF_QS + (size_t)(2 * c) * 4 * 64, r, lo, lo + 16);
+        put_nibbles(dst + OFF_QS + (size_t)(2 * c + 1) * 4 * 64, r, hi, hi + 16);
+    }
+    if (five) {
+        uint32_t w[8];
+        memcpy(w, b5->qh, 32);
+        for (int j = 0; j < 8; j++) {
+            uint32_t o = 0;
+            for (int k = 0; k < 8; k++) o |= ((w[k] >> j) & 0x01010101u) << k;
+            put32(dst + OFF_QH + (size_t)j * 64 + 4 * r, o);
+        }
+    }
+}
+
+/* Panel p of w (rows 16p .. 16p + 15) into dst (panel bytes pb). */
+static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, int64_t p,
+                       size_t pb, uint8_t *dst) {
+    size_t bb = t == KILN_WTYPE_Q4_K ? sizeof(kiln_block_q4_k)
+                : t == KILN_WTYPE_Q5_K ? sizeof(kiln_block_q5_k) : sizeof(kiln_block_q6_k);
+    size_t sbb = sb_bytes(t);
+    int64_t nsb = n_in / SB;
+    if (n_out - p * PANEL < PANEL) memset(dst, 0, pb); /* zero rows: finite, never stored */
+    for (int r = 0; r < PANEL; r++) {
+        int64_t o = p * PANEL + r;
+        if (o >= n_out) break;
+        const uint8_t *row = (const uint8_t *)w + (size_t)o * row_bytes;
+        for (int64_t b = 0; b < nsb; b++) pack_sb(t, row + (size_t)b * bb, r, dst + (size_t)b * sbb);
+    }
+}
+
+/* ---- activations: x (n,) -> q (n,) int8 per 256 with d = amax / 127, and per row aux:
+ * Q4_K / Q5_K: int16 sums of the quants of each 32 (two per dword: sub-blocks 2k, 2k + 1);
+ * Q6_K: int32 -32 * the sum of each 16 (the quants' +32 bias, folded into the dot's start). */
+typedef struct kact {
+    int8_t *q;         /* (n_x, n_in) */
+    float *d;          /* (n_x, nsb) */
+    int32_t *aux;      /* (n_x, n_in / 16) */
+    int64_t n_in, nsb;
+} kact;
+
+static void quantize_row(kiln_wtype t, const float *x, int64_t n, int8_t *q, float *d, int32_t *aux) {
+    int16_t *bs = (int16_t *)aux;
+    for (int64_t b = 0; b < n / SB; b++) {
+        const float *xb = x + b * SB;
+        __m512 m = _mm512_setzero_ps();
+        for (int i = 0; i < SB; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+        float amax = _mm512_reduce_max_ps(m);
+        float id = amax > 0 ? 127.0f / amax : 0.0f;
+        d[b] = amax / 127.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        int32_t s32 = 0;
+        for (int k = 0; k < SB / 16; k++) {
+            __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * k), vid));
+            _mm_storeu_si128((__m128i *)(q + b * SB + 16 * k), _mm512_cvtepi32_epi8(qi));
+            int32_t s = _mm512_reduce_add_epi32(qi);
+            if (t == KILN_WTYPE_Q6_K) {
+                aux[b * 16 + k] = -32 * s;
+            } else if (k & 1) {
+                bs[b * 8 + k / 2] = (int16_t)(s32 + s); /* |sum of 32| <= 4064 */
+            } else {
+                s32 = s;
+            }
+        }
+    }
+}
+
+static kact kact_alloc(int64_t n_x, int64_t n_in) {
+    kact a = {.n_in = n_in, .nsb = n_in / SB};
+    size_t nq = (size_t)n_x * (size_t)n_in, nd = (size_t)n_x * (size_t)a.nsb, naux = nq / 16;
+    KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
+    size_t nq_al = (nq + 63) & ~(size_t)63, nd_al = (nd * 4 + 63) & ~(size_t)63;
+    char *p = kiln_pool_scratch(KILN_SCRATCH_ACT, nq_al + nd_al + naux * 4);
+    a.q = (int8_t *)p;
+    a.d = (float *)(p + nq_al);
+    a.aux = (int32_t *)(p + nq_al + nd_al);
+    return a;
+}
+
+/* ---- the tile: NP panels x C activation rows ---- */
+
+/* Activation rows per tile; prefetch distance of the single-row tile (into L2). */
+#define Q_ROWS 16
+#define PF_BYTES 20480
+
+/* wv[k] |= bit (Q5_K) / bits (Q6_K) of H moved to bit 4 (4..5): shift then a | (b & c). */
+static inline __m512i or_high(__m512i w, __m512i h, int sh, __m512i mask) {
+    __m512i s = sh > 0 ? _mm512_slli_epi16(h, sh) : sh < 0 ? _mm512_srli_epi16(h, -sh) : h;
+    return _mm512_ternarylogic_epi32(w, s, mask, 0xf8);
+}
+
+static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
+                                                          size_t pb, const kact *a, int64_t c0, float *y,
+                                                          int64_t n_out, int64_t o0) {
+    const int64_t nsb = a->nsb, n_in = a->n_in, naux = n_in / 16;
+    const size_t sbb = sb_bytes(t), nl = sbb / 64;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[2][Q_ROWS];
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < C; c++) acc[p][c] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        #pragma GCC unroll 2
+        for (int p = 0; p < NP; p++) {
+            const uint8_t *S = panel + p * pb + (size_t)sb * sbb;
+            __m512 D = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)S));
+            /* 8 steps of 32 elements: a Q4_K / Q5_K sub-block, or two Q6_K sub-blocks */
+            for (int j = 0; j < 8; j++) {
+                if (C == 1) {
+                    #pragma GCC unroll 8
+                    for (size_t l = nl * j / 8; l < nl * (j + 1) / 8; l++)
+                        _mm_prefetch((const char *)(S + PF_BYTES + 64 * l), _MM_HINT_T1);
+                }
+                __m512i wv[8];
+                const uint8_t *qv = S + OFF_QS + (size_t)j * 256;
+                #pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) {
+                    __m512i V = _mm512_load_si512(qv + 64 * v);
+                    wv[v] = _mm512_and_si512(V, m4);
+                    wv[v + 4] = _mm512_and_si512(_mm512_srli_epi16(V, 4), m4);
+                }
+                __m512 A0, A1 = _mm512_setzero_ps();
+                if (t == KILN_WTYPE_Q6_K) {
+                    const __m512i m30 = _mm512_set1_epi8(0x30);
+                    __m512i H0 = _mm512_load_si512(S + OFF_QH + (size_t)j * 128);
+                    __m512i H1 = _mm512_load_si512(S + OFF_QH + (size_t)j * 128 + 64);
+                    #pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++) {
+                        wv[k] = or_high(wv[k], H0, 4 - 2 * k, m30);
+                        wv[k + 4] = or_high(wv[k + 4], H1, 4 - 2 * k, m30);
+                    }
+                    const __m128i *sc = (const __m128i *)(S + OFF_SC + 32 * j);
+                    A0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(sc))), D);
+                    A1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(sc + 1))), D);
+                } else {
+                    if (t == KILN_WTYPE_Q5_K) {
+                        const __m512i m10 = _mm512_set1_epi8(0x10);
+                        __m512i H = _mm512_load_si512(S + OFF_QH + (size_t)j * 64);
+                        #pragma GCC unroll 8
+                        for (int k = 0; k < 8; k++) wv[k] = or_high(wv[k], H, 4 - k, m10);
+                    }
+                    const __m128i *sc = (const __m128i *)(S + OFF_SC + 16 * j);
+                    A0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(sc))), D);
+                }
+                #pragma GCC unroll 16
+                for (int c = 0; c < C; c++) {
+                    int64_t r = c0 + c;
+                    const int32_t *aq = (const int32_t *)(a->q + r * n_in + sb * SB + 32 * j);
+                    __m512 da = _mm512_set1_ps(a->d[r * nsb + sb]);
+                    if (t == KILN_WTYPE_Q6_K) {
+                        const int32_t *corr = a->aux + r * naux + sb * 16 + 2 * j;
+                        __m512i s0 = _mm512_set1_epi32(corr[0]), s1 = _mm512_set1_epi32(corr[1]);
+                        #pragma GCC unroll 4
+                        for (int v = 0; v < 4; v++) {
+                            s0 = _mm512_dpbusd_epi32(s0, wv[v], _mm512_set1_epi32(aq[v]));
+                            s1 = _mm512_dpbusd_epi32(s1, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
+                        }
+                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(A0, da), acc[p][c]);
+                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(A1, da), acc[p][c]);
+                    } else {
+                        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                        #pragma GCC unroll 4
+                        for (int v = 0; v < 4; v++) {
+                            s0 = _mm512_dpbusd_epi32(s0, wv[v], _mm512_set1_epi32(aq[v]));
+                            s1 = _mm512_dpbusd_epi32(s1, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
+                        }
+                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                                    _mm512_mul_ps(A0, da), acc[p][c]);
+                    }
+                }
+            }
+            if (t != KILN_WTYPE_Q6_K) {
+                /* mins: acc -= d_a * dmin * sum_j m_j * (sum of the activation quants of j) */
+                __m512 Dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(S + 32)));
+                __m512i M[4];
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    M[k] = _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(S + OFF_M + 32 * k)));
+                #pragma GCC unroll 16
+                for (int c = 0; c < C; c++) {
+                    int64_t r = c0 + c;
+                    const int32_t *bs = a->aux + r * naux + sb * 4;
+                    __m512i ms = _mm512_dpwssd_epi32(_mm512_setzero_si512(), M[0], _mm512_set1_epi32(bs[0]));
+                    #pragma GCC unroll 3
+                    for (int k = 1; k < 4; k++) ms = _mm512_dpwssd_epi32(ms, M[k], _mm512_set1_epi32(bs[k]));
+                    __m512 nda = _mm512_set1_ps(-a->d[r * nsb + sb]);
+                    acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(Dm, nda), acc[p][c]);
+                }
+            }
+        }
+    }
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++) {
+        int64_t o = o0 + p * PANEL;
+        __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o)) - 1);
+        #pragma GCC unroll 16
+        for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o, m, acc[p][c]);
+    }
+}
+
+/* np (1 or 2) consecutive panels against activation rows [c0, c1). */
+static inline __attribute__((always_inline)) void kq_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
+                                                              const kact *a, int64_t c0, int64_t c1, float *y,
+                                                              int64_t n_out, int64_t o0) {
+    if (c1 - c0 == 1 && np == 2) {
+        kq_tile(t, 2, 1, panel, pb, a, c0, y, n_out, o0);
+        return;
+    }
+    for (int p = 0; p < np; p++) {
+        const uint8_t *pp = panel + p * pb;
+        int64_t o = o0 + p * PANEL, c = c0;
+        for (; c + Q_ROWS <= c1; c += Q_ROWS) kq_tile(t, 1, Q_ROWS, pp, pb, a, c, y, n_out, o);
+        switch (c1 - c) {
+        case 15: kq_tile(t, 1, 15, pp, pb, a, c, y, n_out, o); break;
+        case 14: kq_tile(t, 1, 14, pp, pb, a, c, y, n_out, o); break;
+        case 13: kq_tile(t, 1, 13, pp, pb, a, c, y, n_out, o); break;
+        case 12: kq_tile(t, 1, 12, pp, pb, a, c, y, n_out, o); break;
+        case 11: kq_tile(t, 1, 11, pp, pb, a, c, y, n_out, o); break;
+        case 10: kq_tile(t, 1, 10, pp, pb, a, c, y, n_out, o); break;
+        case 9: kq_tile(t, 1, 9, pp, pb, a, c, y, n_out, o); break;
+        case 8: kq_tile(t, 1, 8, pp, pb, a, c, y, n_out, o); break;
+        case 7: kq_tile(t, 1, 7, pp, pb, a, c, y, n_out, o); break;
+        case 6: kq_tile(t, 1, 6, pp, pb, a, c, y, n_out, o); break;
+        case 5: kq_tile(t, 1, 5, pp, pb, a, c, y, n_out, o); break;
+        case 4: kq_tile(t, 1, 4, pp, pb, a, c, y, n_out, o); break;
+        case 3: kq_tile(t, 1, 3, pp, pb, a, c, y, n_out, o); break;
+        case 2: kq_tile(t, 1, 2, pp, pb, a, c, y, n_out, o); break;
+        case 1: kq_tile(t, 1, 1, pp, pb, a, c, y, n_out, o); break;
+        default: break;
+        }
+    }
+}
+
+static void kq_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, const kact *a, int64_t c0, int64_t c1,
+                      float *y, int64_t n_out, int64_t o0) {
+    switch (t) {
+    case KILN_WTYPE_Q4_K: kq_panels_t(KILN_WTYPE_Q4_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
+    case KILN_WTYPE_Q5_K: kq_panels_t(KILN_WTYPE_Q5_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
+    default: kq_panels_t(KILN_WTYPE_Q6_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
+    }
+}
+
+/* ---- the job: several matrices sharing one input; work items are (block of activation rows,
+ * matrix, pair of panels), as in avx512.c ---- */
+
+/* Activation rows per work item (a block's activations stay in L2 while the panels stream). */
+#define ROW_BLOCK 64
+#define QUANT_PAR_ROWS 16
+#define MAX_MATS 4
+
+typedef struct kjob {
+    kiln_wtype t;
+    int n_mats;
+    kiln_pmat mats[MAX_MATS];
+    int64_t first_pair[MAX_MATS + 1]; /* prefix sums of each matrix's panel pairs */
+    const void *w;                    /* raw rows of mats[0] when its packed is NULL: pack on the fly */
+    size_t row_bytes;
+    int64_t n_in, n_x;
+    const float *x;
+    size_t pb;                        /* panel bytes */
+    int64_t n_row_blocks;
+    kact a;
+    _Atomic int64_t next;             /* work-sharing counter */
+} kjob;
+
+static void quant_part(void *ctx, int ith, int nth) {
+    kjob *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++)
+        quantize_row(j->t, j->x + r * j->n_in, j->n_in, j->a.q + r * j->n_in, j->a.d + r * j->a.nsb,
+                     j->a.aux + r * (j->n_in / 16));
+}
+
+static const uint8_t *panels_of(const kjob *j, int mi, int64_t p, int np) {
+    if (j->mats[mi].packed) return (const uint8_t *)j->mats[mi].packed + (size_t)p * j->pb;
+    uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);
+    for (int i = 0; i < np; i++)
+        pack_panel(j->t, j->w, j->row_bytes, j->mats[mi].n_out, j->n_in, p + i, j->pb, buf + (size_t)i * j->pb);
+    return buf;
+}
+
+static void item(const kjob *j, int64_t it) {
+    const int64_t n_pairs = j->first_pair[j->n_mats];
+    int64_t rb = it / n_pairs, pi = it % n_pairs;
+    int mi = 0;
+    while (pi >= j->first_pair[mi + 1]) mi++;
+    const kiln_pmat *M = &j->mats[mi];
+    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + PANEL - 1) / PANEL;
+    int np = (int)KILN_MIN(2, n_panels - p);
+    int64_t c0 = rb * ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + ROW_BLOCK);
+    kq_panels(j->t, panels_of(j, mi, p, np), j->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
+}
+
+static void part(void *ctx, int ith, int nth) {
+    kjob *j = ctx;
+    int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
+    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk(n_items, nth);
+    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
+        for (int64_t it = lo; it < hi; it++) item(j, it);
+}
+
+void kiln_kquant_avx512_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const void *w, size_t row_bytes,
+                               int64_t n_in, const float *x, int64_t n_x, int n_threads) {
+    KILN_ASSERT(is_kq(t) && n_mats >= 1 && n_mats <= MAX_MATS && n_in > 0 && n_in % SB == 0);
+    KILN_ASSERT(!w || n_mats == 1);
+    if (n_x <= 0) return;
+    kjob j = {.t = t, .n_mats = n_mats, .w = w, .row_bytes = row_bytes, .n_in = n_in, .n_x = n_x, .x = x};
+    KILN_ASSERT(panel_bytes(t, n_in, &j.pb));
+    double work = 0;
+    for (int i = 0; i < n_mats; i++) {
+        KILN_ASSERT(mats[i].n_out > 0 && (w || ((uintptr_t)mats[i].packed & 63) == 0));
+        j.mats[i] = mats[i];
+        j.first_pair[i + 1] = j.first_pair[i] + ((mats[i].n_out + PANEL - 1) / PANEL + 1) / 2;
+        work += (double)mats[i].n_out * (double)n_in * (double)n_x;
+    }
+    /* raw weights: one row block, so that each panel is packed once for all activation rows */
+    j.n_row_blocks = w ? 1 : (n_x + ROW_BLOCK - 1) / ROW_BLOCK;
+    atomic_init(&j.next, 0);
+    /* small products run on the calling thread: waking the team costs more than they do */
+    int nt = work >= 65536.0 ? n_threads : 1;
+    j.a = kact_alloc(n_x, n_in);
+    if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, quant_part, &j);
+    else quant_part(&j, 0, 1);
+    kiln_pool_run(nt, part, &j);
+}
+
+typedef struct pack_job {
+    kiln_wtype t;
+    const void *w;
+    size_t row_bytes, pb;
+    int64_t n_out, n_in;
+    uint8_t *dst;
+} pack_job;
+
+static void pack_part(void *ctx, int ith, int nth) {
+    pack_job *j = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++)
+        pack_panel(j->t, j->w, j->row_bytes, j->n_out, j->n_in, p, j->pb, j->dst + (size_t)p * j->pb);
+}
+
+void kiln_kquant_avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
+                             int n_threads) {
+    KILN_ASSERT(kiln_kquant_avx512_pack_bytes(t, n_out, n_in) > 0 && ((uintptr_t)dst & 63) == 0);
+    pack_job j = {t, w, row_bytes, 0, n_out, n_in, dst};
+    KILN_ASSERT(panel_bytes(t, n_in, &j.pb));
+    kiln_pool_run(n_threads, pack_part, &j);
+}
