@@ -15,8 +15,7 @@
  * table's packed layout when the table has one for this type (kiln_kernels.pack). */
 typedef struct kiln_mat {
     const void *data;      /* into the GGUF mapping */
-    const void *packed;    /* 64-byte aligned inside pack_mem, or NULL: multiply data */
-    void *pack_mem;        /* owned allocation behind packed */
+    const void *packed;    /* 64-byte aligned inside kiln_model.pack_mem, or NULL: multiply data */
     kiln_wtype type;
     int64_t n_out;         /* rows */
     int64_t n_in;          /* cols (GGUF ne[0]) */
@@ -49,6 +48,7 @@ typedef struct kiln_scratch {
     float *tmp;            /* (cap, n_embd) projection output */
     float *gate;           /* (cap, n_ff) */
     float *up;             /* (cap, n_ff) */
+    int32_t *att_grp;      /* (cap + 1,) first row of each attention row group (forward.c) */
 } kiln_scratch;
 
 struct kiln_model {
@@ -62,6 +62,7 @@ struct kiln_model {
     float *output_norm;    /* (n_embd,) */
     kiln_mat output;       /* (n_vocab, n_embd); == tok_embd when tied */
     kiln_layer *layers;    /* (n_layer,) owned */
+    void *pack_mem;        /* owned allocation holding every kiln_mat.packed, or NULL */
     kiln_scratch s;
 };
 

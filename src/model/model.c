@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *const arch_names[KILN_ARCH_COUNT] = {
     [KILN_ARCH_LLAMA] = "llama",
@@ -307,31 +308,50 @@ static int default_threads(void) {
     return n_ids > 0 && n_ids <= n_logical ? n_ids : n_logical;
 }
 
-/* The kernel table's packed copy of one matrix (none when the table has no layout for it). */
-static kiln_err pack_mat(const kiln_model *m, const char *path, kiln_mat *w) {
+/* Bytes of the kernel table's packed copy of w (0: the table has no layout for it). */
+static size_t pack_size(const kiln_model *m, const kiln_mat *w) {
     const kiln_kernels *k = m->k;
-    size_t n = k->pack_bytes && w->data ? k->pack_bytes(w->type, w->n_out, w->n_in) : 0;
-    if (n == 0) return KILN_OK;
-    if (n > SIZE_MAX - 64 || !(w->pack_mem = kiln_malloc(n + 64)))
-        return kiln_errf(KILN_ERR_NOMEM, "%s: out of memory packing a (%lld, %lld) weight matrix (%zu bytes)", path,
-                         (long long)w->n_out, (long long)w->n_in, n);
-    void *dst = (void *)(((uintptr_t)w->pack_mem + 63) & ~(uintptr_t)63);
-    k->pack(w->type, w->data, w->row_bytes, w->n_out, w->n_in, dst, m->n_threads);
-    w->packed = dst;
-    return KILN_OK;
+    return k->pack_bytes && w->data ? k->pack_bytes(w->type, w->n_out, w->n_in) : 0;
 }
 
-/* Packs every matrix that goes through a matmul (the embedding table is read by rows and stays in
- * the mapping; a tied output gets its own packed copy). The mapping's pages of packed matrices are
- * not touched again: the resident copy is the packed one. */
+/* The matrices that go through a matmul, in packing order (n_layer * 7 + 1 of them). */
+static kiln_mat *matmul_weight(kiln_model *m, int64_t i) {
+    if (i == 0) return &m->output;
+    kiln_layer *ly = &m->layers[(i - 1) / 7];
+    kiln_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+    return mats[(i - 1) % 7];
+}
+
+#define PACK_ALIGN ((size_t)2 << 20) /* huge-page size: the packed weights are one THP-backed block */
+
+/* Packs every matrix that goes through a matmul into one allocation (the embedding table is read
+ * by rows and stays in the mapping; a tied output gets its own packed copy). The block is
+ * 2 MiB aligned and advised for transparent huge pages: decode streams all of it every token,
+ * and huge pages cut its TLB misses. The mapping's pages of packed matrices are not read again:
+ * the resident copy is the packed one. */
 static kiln_err pack_model(kiln_model *m, const char *path) {
-    kiln_err err;
-    if ((err = pack_mat(m, path, &m->output))) return err;
-    for (int32_t il = 0; il < m->hp.n_layer; il++) {
-        kiln_layer *ly = &m->layers[il];
-        kiln_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
-        for (size_t i = 0; i < KILN_ARRAY_LEN(mats); i++)
-            if ((err = pack_mat(m, path, mats[i]))) return err;
+    const int64_t n_mats = (int64_t)m->hp.n_layer * 7 + 1;
+    size_t total = 0;
+    for (int64_t i = 0; i < n_mats; i++) {
+        size_t n = pack_size(m, matmul_weight(m, i));
+        if (n > SIZE_MAX - total - 64) return kiln_errf(KILN_ERR_NOMEM, "%s: packed weights overflow size_t", path);
+        total += (n + 63) & ~(size_t)63;
+    }
+    if (total == 0) return KILN_OK;
+    if (total > SIZE_MAX - PACK_ALIGN || !(m->pack_mem = kiln_malloc(total + PACK_ALIGN)))
+        return kiln_errf(KILN_ERR_NOMEM, "%s: out of memory for the packed weights (%zu bytes)", path, total);
+    uint8_t *base = (uint8_t *)(((uintptr_t)m->pack_mem + PACK_ALIGN - 1) & ~(uintptr_t)(PACK_ALIGN - 1));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(base, total, MADV_HUGEPAGE); /* a hint: without THP, ordinary pages */
+#endif
+    size_t off = 0;
+    for (int64_t i = 0; i < n_mats; i++) {
+        kiln_mat *w = matmul_weight(m, i);
+        size_t n = pack_size(m, w);
+        if (n == 0) continue;
+        m->k->pack(w->type, w->data, w->row_bytes, w->n_out, w->n_in, base + off, m->n_threads);
+        w->packed = base + off;
+        off += (n + 63) & ~(size_t)63;
     }
     return KILN_OK;
 }
@@ -417,12 +437,10 @@ void kiln_model_free(kiln_model *m) {
             kiln_free(ly->bv);
             kiln_free(ly->q_norm);
             kiln_free(ly->k_norm);
-            kiln_mat *mats[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
-            for (size_t i = 0; i < KILN_ARRAY_LEN(mats); i++) kiln_free(mats[i]->pack_mem);
         }
         kiln_free(m->layers);
     }
-    kiln_free(m->output.pack_mem);
+    kiln_free(m->pack_mem);
     kiln_free(m->output_norm);
     kiln_free(m->freq_factors);
     kiln_scratch_free(&m->s);
