@@ -228,6 +228,11 @@ static void q_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, cons
     else q_panels_t(KILN_WTYPE_Q8_0, panel, pb, np, a, c0, c1, y, n_out, o0);
 }
 
+/* Activation rows per float tile (two panels side by side), and how far ahead in a panel its
+ * weights are prefetched into L2. */
+#define F_ROWS 8
+#define F_PF_BYTES 8192
+
 /* ---- F32 / F16 / BF16 tile: NP panels x C activation rows ----
  * Per (row, panel): acc += w[k] * x[k] with one f32 FMA per k, k in order; NP panels side by side
  * give the single-row case independent FMA chains. */
@@ -242,7 +247,7 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
                                                          size_t pb, int64_t n_in, const float *x, int64_t c0,
                                                          float *y, int64_t n_out, int64_t o0) {
     const size_t vb = PANEL * elem_bytes(t);
-    __m512 acc[4][6];
+    __m512 acc[4][F_ROWS];
     #pragma GCC unroll 4
     for (int p = 0; p < NP; p++)
         #pragma GCC unroll 16
@@ -250,7 +255,11 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
     for (int64_t k = 0; k < n_in; k++) {
         __m512 wv[4];
         #pragma GCC unroll 4
-        for (int p = 0; p < NP; p++) wv[p] = load_w16(t, panel + p * pb + (size_t)k * vb);
+        for (int p = 0; p < NP; p++) {
+            if (C > 1 && k % (64 / vb) == 0) /* decode streams at bandwidth without it */
+                _mm_prefetch((const char *)(panel + p * pb + (size_t)k * vb + F_PF_BYTES), _MM_HINT_T1);
+            wv[p] = load_w16(t, panel + p * pb + (size_t)k * vb);
+        }
         #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
             __m512 xv = _mm512_set1_ps(x[(c0 + c) * n_in + k]);
@@ -267,8 +276,6 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
     }
 }
 
-/* Activation rows per float tile (two panels side by side). */
-#define F_ROWS 6
 
 /* np (1 or 2) consecutive panels against activation rows [c0, c1). */
 static inline __attribute__((always_inline)) void f_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
@@ -284,6 +291,8 @@ static inline __attribute__((always_inline)) void f_panels_t(kiln_wtype t, const
     do {                                                                                                     \
         for (; c + F_ROWS <= c1; c += F_ROWS) f_tile(t, NP, F_ROWS, panel, pb, n_in, x, c, y, n_out, o0);    \
         switch (c1 - c) {                                                                                    \
+        case 7: f_tile(t, NP, 7, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 6: f_tile(t, NP, 6, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
         case 5: f_tile(t, NP, 5, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
         case 4: f_tile(t, NP, 4, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
         case 3: f_tile(t, NP, 3, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
