@@ -201,7 +201,7 @@ static kact kact_alloc(int64_t n_x, int64_t n_in) {
 /* ---- the tile: NP panels x C activation rows ---- */
 
 /* Activation rows per tile. */
-#define Q_ROWS 16
+#define Q_ROWS 8
 
 /* wv[k] |= bit (Q5_K) / bits (Q6_K) of H moved to bit 4 (4..5): shift then a | (b & c). */
 static inline __m512i or_high(__m512i w, __m512i h, int sh, __m512i mask) {
@@ -228,6 +228,9 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
         #pragma GCC unroll 2
         for (int p = 0; p < NP; p++) {
             const uint8_t *S = panel + p * pb + (size_t)sb * sbb;
+            __m512 part[Q_ROWS]; /* this super-block's sum in units of d_a */
+            #pragma GCC unroll 16
+            for (int c = 0; c < C; c++) part[c] = _mm512_setzero_ps();
             __m512 D = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)S));
             /* 8 steps of 32 elements: a Q4_K / Q5_K sub-block, or two Q6_K sub-blocks */
             for (int j = 0; j < 8; j++) {
@@ -271,7 +274,6 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
                 for (int c = 0; c < C; c++) {
                     int64_t r = c0 + c;
                     const int32_t *aq = (const int32_t *)(a->q + r * n_in + sb * SB + 32 * j);
-                    __m512 da = _mm512_set1_ps(a->d[r * nsb + sb]);
                     if (t == KILN_WTYPE_Q6_K) {
                         const int32_t *corr = a->aux + r * naux + sb * 16 + 2 * j;
                         __m512i s0 = _mm512_set1_epi32(corr[0]), s1 = _mm512_set1_epi32(corr[1]);
@@ -280,8 +282,8 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
                             s0 = _mm512_dpbusd_epi32(s0, wv[v], _mm512_set1_epi32(aq[v]));
                             s1 = _mm512_dpbusd_epi32(s1, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
                         }
-                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(A0, da), acc[p][c]);
-                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(A1, da), acc[p][c]);
+                        part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), A0, part[c]);
+                        part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), A1, part[c]);
                     } else {
                         /* the int32 sum is exact: one chain, or two for the single row (latency) */
                         __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
@@ -292,13 +294,14 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
                             else s0 = _mm512_dpbusd_epi32(s0, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
                         }
                         if (C == 1) s0 = _mm512_add_epi32(s0, s1);
-                        acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(A0, da), acc[p][c]);
+                        part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), A0, part[c]);
                     }
                 }
             }
             if (t != KILN_WTYPE_Q6_K) {
-                /* mins: acc -= d_a * dmin * sum_j m_j * (sum of the activation quants of j) */
-                __m512 Dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(S + 32)));
+                /* mins: part -= dmin * sum_j m_j * (sum of the activation quants of j) */
+                __m512 Dm = _mm512_sub_ps(_mm512_setzero_ps(),
+                                          _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(S + 32))));
                 __m512i M[4];
                 #pragma GCC unroll 4
                 for (int k = 0; k < 4; k++)
@@ -310,10 +313,12 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
                     __m512i ms = _mm512_dpwssd_epi32(_mm512_setzero_si512(), M[0], _mm512_set1_epi32(bs[0]));
                     #pragma GCC unroll 3
                     for (int k = 1; k < 4; k++) ms = _mm512_dpwssd_epi32(ms, M[k], _mm512_set1_epi32(bs[k]));
-                    __m512 nda = _mm512_set1_ps(-a->d[r * nsb + sb]);
-                    acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(Dm, nda), acc[p][c]);
+                    part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms), Dm, part[c]);
                 }
             }
+            #pragma GCC unroll 16
+            for (int c = 0; c < C; c++)
+                acc[p][c] = _mm512_fmadd_ps(part[c], _mm512_set1_ps(a->d[(c0 + c) * nsb + sb]), acc[p][c]);
         }
     }
     #pragma GCC unroll 2
@@ -337,15 +342,8 @@ static inline __attribute__((always_inline)) void kq_panels_t(kiln_wtype t, cons
         const uint8_t *pp = panel + p * pb;
         int64_t o = o0 + p * PANEL, c = c0;
         for (; c + Q_ROWS <= c1; c += Q_ROWS) kq_tile(t, 1, Q_ROWS, pp, pb, a, c, y, n_out, o);
+        _Static_assert(Q_ROWS == 8, "the tails below are 1..7 rows");
         switch (c1 - c) {
-        case 15: kq_tile(t, 1, 15, pp, pb, a, c, y, n_out, o); break;
-        case 14: kq_tile(t, 1, 14, pp, pb, a, c, y, n_out, o); break;
-        case 13: kq_tile(t, 1, 13, pp, pb, a, c, y, n_out, o); break;
-        case 12: kq_tile(t, 1, 12, pp, pb, a, c, y, n_out, o); break;
-        case 11: kq_tile(t, 1, 11, pp, pb, a, c, y, n_out, o); break;
-        case 10: kq_tile(t, 1, 10, pp, pb, a, c, y, n_out, o); break;
-        case 9: kq_tile(t, 1, 9, pp, pb, a, c, y, n_out, o); break;
-        case 8: kq_tile(t, 1, 8, pp, pb, a, c, y, n_out, o); break;
         case 7: kq_tile(t, 1, 7, pp, pb, a, c, y, n_out, o); break;
         case 6: kq_tile(t, 1, 6, pp, pb, a, c, y, n_out, o); break;
         case 5: kq_tile(t, 1, 5, pp, pb, a, c, y, n_out, o); break;
