@@ -114,11 +114,13 @@ void kiln_avx512_softmax(float *x, int64_t n) {
 /* In place: r[i] (row i, 16 columns) -> r[c] (column c, 16 rows). */
 static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
     __m512 t[16];
+    #pragma GCC unroll 16
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
     /* r[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
+    #pragma GCC unroll 16
     for (int i = 0; i < 4; i++) {
         __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
         __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
@@ -127,6 +129,7 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
         r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
         r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
     }
+    #pragma GCC unroll 16
     for (int c = 0; c < 4; c++) {
         __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
         __m512 y0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), y1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
@@ -135,6 +138,7 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
         t[4 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88);
         t[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xdd);
     }
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
@@ -144,10 +148,13 @@ static void transpose_k(const float *k, size_t stride, int32_t n, int32_t d0, in
         for (int32_t c0 = 0; c0 < dn; c0 += 16) {
             __m512 r[16];
             __mmask16 m = tail_mask(dn - c0);
+            #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
                 r[i] = j0 + i < n ? _mm512_maskz_loadu_ps(m, k + (size_t)(j0 + i) * stride + d0 + c0) : _mm512_setzero_ps();
             transpose16(r);
-            for (int i = 0; i < 16 && c0 + i < dn; i++) _mm512_store_ps(kt + (size_t)(c0 + i) * npad + j0, r[i]);
+            #pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                if (c0 + i < dn) _mm512_store_ps(kt + (size_t)(c0 + i) * npad + j0, r[i]);
         }
     }
 }
@@ -157,20 +164,25 @@ static void transpose_k(const float *k, size_t stride, int32_t n, int32_t d0, in
 static inline __attribute__((always_inline)) void scores_tile(const float *const q[S_TILE], const float *kt, int nz,
                                                               int32_t dn, bool first, float *const sc[S_TILE]) {
     __m512 a[S_TILE][2];
+    #pragma GCC unroll 16
     for (int t = 0; t < S_TILE; t++)
+        #pragma GCC unroll 16
         for (int z = 0; z < 2; z++)
             a[t][z] = first || z >= nz ? _mm512_setzero_ps() : _mm512_load_ps(sc[t] + 16 * z);
     const int npad = 16 * nz;
     for (int32_t d = 0; d < dn; d++) {
         __m512 k0 = _mm512_load_ps(kt + (size_t)d * npad);
         __m512 k1 = nz > 1 ? _mm512_load_ps(kt + (size_t)d * npad + 16) : k0;
+        #pragma GCC unroll 16
         for (int t = 0; t < S_TILE; t++) {
             __m512 b = _mm512_set1_ps(q[t][d]);
             a[t][0] = _mm512_fmadd_ps(b, k0, a[t][0]);
             if (nz > 1) a[t][1] = _mm512_fmadd_ps(b, k1, a[t][1]);
         }
     }
+    #pragma GCC unroll 16
     for (int t = 0; t < S_TILE; t++)
+        #pragma GCC unroll 16
         for (int z = 0; z < nz; z++) _mm512_store_ps(sc[t] + 16 * z, a[t][z]);
 }
 
@@ -178,6 +190,7 @@ static inline __attribute__((always_inline)) void scores_tile(const float *const
 static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TILE], const float c[V_TILE],
                         const float *v, size_t stride, int32_t hd) {
     int32_t n_min = qs[0]->n_see, n_max = qs[0]->n_see, see[V_TILE];
+    #pragma GCC unroll 16
     for (int t = 0; t < V_TILE; t++) {
         see[t] = qs[t]->n_see;
         n_min = see[t] < n_min ? see[t] : n_min;
@@ -186,9 +199,12 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
     for (int32_t c0 = 0; c0 < hd; c0 += 64) {
         __mmask16 m[4];
         __m512 a[V_TILE][4];
+        #pragma GCC unroll 16
         for (int z = 0; z < 4; z++) m[z] = tail_mask(hd - c0 - 16 * z);
+        #pragma GCC unroll 16
         for (int t = 0; t < V_TILE; t++) {
             __m512 ct = _mm512_set1_ps(c[t]);
+            #pragma GCC unroll 16
             for (int z = 0; z < 4; z++)
                 a[t][z] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[z], qs[t]->acc + c0 + (m[z] ? 16 * z : 0)), ct);
         }
@@ -196,24 +212,32 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
         for (; i < n_min; i++) {
             const float *vi = v + (size_t)i * stride + c0;
             __m512 x[4];
+            #pragma GCC unroll 16
             for (int z = 0; z < 4; z++) x[z] = _mm512_maskz_loadu_ps(m[z], vi + (m[z] ? 16 * z : 0));
+            #pragma GCC unroll 16
             for (int t = 0; t < V_TILE; t++) {
                 __m512 b = _mm512_set1_ps(p[t][i]);
+                #pragma GCC unroll 16
                 for (int z = 0; z < 4; z++) a[t][z] = _mm512_fmadd_ps(b, x[z], a[t][z]);
             }
         }
         for (; i < n_max; i++) { /* the diagonal: only the queries that see position i */
             const float *vi = v + (size_t)i * stride + c0;
             __m512 x[4];
+            #pragma GCC unroll 16
             for (int z = 0; z < 4; z++) x[z] = _mm512_maskz_loadu_ps(m[z], vi + (m[z] ? 16 * z : 0));
+            #pragma GCC unroll 16
             for (int t = 0; t < V_TILE; t++) {
                 if (i >= see[t]) continue;
                 __m512 b = _mm512_set1_ps(p[t][i]);
+                #pragma GCC unroll 16
                 for (int z = 0; z < 4; z++) a[t][z] = _mm512_fmadd_ps(b, x[z], a[t][z]);
             }
         }
         /* tile slots padded with a copy of an earlier query store the same values again */
+        #pragma GCC unroll 16
         for (int t = 0; t < V_TILE; t++)
+            #pragma GCC unroll 16
             for (int z = 0; z < 4; z++) _mm512_mask_storeu_ps(qs[t]->acc + c0 + (m[z] ? 16 * z : 0), m[z], a[t][z]);
     }
 }

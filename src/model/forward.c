@@ -25,6 +25,7 @@ void kiln_scratch_free(kiln_scratch *s) {
     kiln_free(s->tmp);
     kiln_free(s->gate);
     kiln_free(s->up);
+    kiln_free(s->att_grp);
     memset(s, 0, sizeof(*s));
 }
 
@@ -46,6 +47,10 @@ static kiln_err scratch_reserve(kiln_model *m, int32_t n_rows) {
             kiln_scratch_free(&n);
             return kiln_errf(KILN_ERR_NOMEM, "forward: cannot grow scratch to %d rows", n_rows);
         }
+    }
+    if (!(n.att_grp = kiln_malloc(((size_t)n_rows + 1) * sizeof(int32_t)))) {
+        kiln_scratch_free(&n);
+        return kiln_errf(KILN_ERR_NOMEM, "forward: cannot grow scratch to %d rows", n_rows);
     }
     kiln_scratch_free(s);
     *s = n;
@@ -134,55 +139,47 @@ static void add_bias(float *y, const float *bias, int32_t n_rows, int64_t width)
         for (int64_t i = 0; i < width; i++) y[r * width + i] += bias[i];
 }
 
-/* Positions scored at a time, and the accumulator budget (heads x head_dim floats) of one call. */
-#define ATT_CHUNK 32
-#define ATT_MAX_HEADS 64
-#define ATT_ACC_FLOATS 4096
-_Static_assert(ATT_ACC_FLOATS >= KILN_MAX_HEAD_DIM, "one head of the largest head_dim fits the accumulator");
+/* Positions per attention chunk (never across a cache block), and query heads per attn_chunk call. */
+#define ATT_CHUNK KILN_ATT_CHUNK
+#define ATT_MAX_HEADS KILN_ATT_MAX_Q
 
-/* Query heads q (ng, hd) of one row, all reading the KV head at kv_off, attend over positions
- * 0..pos of the row's sequence: out (ng, hd) = softmax(q.K^T * scale) . V. The online softmax
- * is updated once per chunk of up to ATT_CHUNK positions of one cache block, and each chunk of
- * K and V is read once for all ng heads (GQA) while it sits in L1. */
-static void attend_heads(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const kiln_batch_seq *sq,
-                         int32_t pos, const float *q, int ng, int32_t kv_off, int32_t hd, float scale, float *out) {
-    KILN_ASSERT(ng >= 1 && ng <= ATT_MAX_HEADS && ng * hd <= ATT_ACC_FLOATS);
-    float acc[ATT_ACC_FLOATS];
-    float mx[ATT_MAX_HEADS], l[ATT_MAX_HEADS], sc[ATT_CHUNK];
+/* Rows rows[0..nr-1] of one sequence (increasing positions), each with the query heads q (ng, hd)
+ * at q + r * qd that read the KV head at kv_off, attend over positions 0..pos of their own row:
+ * out (ng, hd) at out + r * qd = softmax(q.K^T * scale) . V. The chunk grid (cache blocks cut into
+ * ATT_CHUNK positions) is the same for every row, a row takes part in the chunks up to its own
+ * position and sees the prefix of its last chunk up to it, and attn_chunk keeps every query's
+ * arithmetic its own: a row's output is bit-identical whatever rows share the group. Each K/V
+ * chunk is read once for the nr * ng queries. */
+static void attend_group(const kiln_kernels *k, const kiln_kv *kv, int32_t il, const kiln_batch_seq *sq,
+                         const kiln_batch_row *rows, int nr, const float *q, float *out, size_t qd, int ng,
+                         int32_t kv_off, int32_t hd, float scale) {
+    KILN_ASSERT(nr >= 1 && ng >= 1 && nr * ng <= ATT_MAX_HEADS);
+    kiln_attn_q qs[ATT_MAX_HEADS];
     const size_t stride = (size_t)kv->n_kv_dim;
-    memset(acc, 0, (size_t)ng * (size_t)hd * sizeof(float));
-    for (int h = 0; h < ng; h++) mx[h] = -INFINITY, l[h] = 0;
-    for (int32_t p0 = 0, n; p0 <= pos; p0 += n) {
+    for (int r = 0; r < nr; r++)
+        for (int h = 0; h < ng; h++) {
+            size_t off = (size_t)r * qd + (size_t)h * hd;
+            qs[r * ng + h] = (kiln_attn_q){.q = q + off, .acc = out + off, .m = -INFINITY, .l = 0};
+            memset(out + off, 0, (size_t)hd * sizeof(float));
+        }
+    const int32_t pos_max = rows[nr - 1].pos;
+    int first = 0; /* rows before it are done: positions increase along the group */
+    for (int32_t p0 = 0, n; p0 <= pos_max; p0 += n) {
         int32_t slot0 = p0 % kv->block_size;
-        n = KILN_MIN(KILN_MIN(ATT_CHUNK, kv->block_size - slot0), pos + 1 - p0);
+        n = KILN_MIN(KILN_MIN(ATT_CHUNK, kv->block_size - slot0), pos_max + 1 - p0);
+        while (rows[first].pos < p0) first++;
+        for (int r = first; r < nr; r++) {
+            int32_t see = KILN_MIN(n, rows[r].pos + 1 - p0);
+            for (int h = 0; h < ng; h++) qs[r * ng + h].n_see = see;
+        }
         int32_t blk = sq->block_table[p0 / kv->block_size];
         const float *kb = kiln_kv_k(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
         const float *vb = kiln_kv_v(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
-        for (int h = 0; h < ng; h++) {
-            const float *qh = q + (size_t)h * hd;
-            float *ah = acc + (size_t)h * hd;
-            float bm = -INFINITY;
-            k->dot_rows(qh, kb, stride, n, hd, sc);
-            for (int32_t i = 0; i < n; i++) {
-                sc[i] *= scale;
-                bm = sc[i] > bm ? sc[i] : bm;
-            }
-            if (bm > mx[h]) {
-                float corr = expf(mx[h] - bm); /* exp(-inf) = 0 on the first chunk */
-                l[h] *= corr;
-                for (int32_t i = 0; i < hd; i++) ah[i] *= corr;
-                mx[h] = bm;
-            }
-            for (int32_t i = 0; i < n; i++) {
-                sc[i] = expf(sc[i] - mx[h]);
-                l[h] += sc[i];
-            }
-            k->axpy_rows(sc, vb, stride, n, hd, ah);
-        }
+        k->attn_chunk(qs + first * ng, (nr - first) * ng, kb, vb, stride, n, hd, scale);
     }
-    for (int h = 0; h < ng; h++) {
-        float inv = 1.0f / l[h];
-        for (int32_t i = 0; i < hd; i++) out[(size_t)h * hd + i] = acc[(size_t)h * hd + i] * inv;
+    for (int i = 0; i < nr * ng; i++) {
+        float inv = 1.0f / qs[i].l;
+        for (int32_t e = 0; e < hd; e++) qs[i].acc[e] *= inv;
     }
 }
 
@@ -192,7 +189,8 @@ typedef struct layer_job {
     kiln_kv *kv;
     const kiln_batch *batch;
     int32_t il;
-    _Atomic int64_t next;  /* attention: next (row, head) item to take */
+    int32_t n_grp;         /* attention row groups: rows att_grp[i] .. att_grp[i + 1] - 1 of one sequence */
+    _Atomic int64_t next;  /* attention: next (group, KV head) item to take */
 } layer_job;
 
 /* q/k norms (qwen3), RoPE, and the row's K/V into its cache slot, for a share of the rows. */
@@ -223,31 +221,77 @@ static void rope_store_part(void *ctx, int ith, int nth) {
     }
 }
 
-/* Attention for (row, KV head) items taken a few at a time from a shared counter (rows differ in
- * context length, so static shares would be uneven). */
+/* Attention for (row group, KV head) items taken one at a time from a shared counter, the
+ * groups of the latest rows (the longest contexts) first, so the shares even out at the end. */
 static void attend_part(void *ctx, int ith, int nth) {
     layer_job *j = ctx;
     const kiln_model *m = j->m;
     const kiln_hparams *hp = &m->hp;
     const int32_t hd = hp->head_dim, n_head = hp->n_head, qd = n_head * hd, group = n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int max_ng = KILN_MIN(ATT_MAX_HEADS, ATT_ACC_FLOATS / hd);
-    const int64_t n_items = (int64_t)j->batch->n_rows * hp->n_head_kv, step = 2;
+    const int max_ng = KILN_MIN(ATT_MAX_HEADS, group);
+    const int64_t n_items = (int64_t)j->n_grp * hp->n_head_kv;
     for (;;) {
-        int64_t i0 = atomic_fetch_add(&j->next, step);
-        if (i0 >= n_items) break;
-        for (int64_t it = i0; it < KILN_MIN(i0 + step, n_items); it++) {
-            int32_t r = (int32_t)(it / hp->n_head_kv), g = (int32_t)(it % hp->n_head_kv);
-            const kiln_batch_row *row = &j->batch->rows[r];
-            for (int32_t h0 = g * group; h0 < (g + 1) * group; h0 += max_ng) {
-                int ng = (int)KILN_MIN(max_ng, (g + 1) * group - h0);
-                size_t off = (size_t)r * qd + (size_t)h0 * hd;
-                attend_heads(m->k, j->kv, j->il, &j->batch->seqs[row->seq], row->pos, m->s.q + off, ng, g * hd, hd,
-                             scale, m->s.att + off);
-            }
+        int64_t it = atomic_fetch_add(&j->next, 1);
+        if (it >= n_items) break;
+        it = n_items - 1 - it;
+        int32_t gi = (int32_t)(it / hp->n_head_kv), g = (int32_t)(it % hp->n_head_kv);
+        int32_t r0 = m->s.att_grp[gi], nr = m->s.att_grp[gi + 1] - r0;
+        const kiln_batch_row *rows = &j->batch->rows[r0];
+        for (int32_t h0 = g * group; h0 < (g + 1) * group; h0 += max_ng) {
+            int ng = (int)KILN_MIN(max_ng, (g + 1) * group - h0);
+            size_t off = (size_t)r0 * qd + (size_t)h0 * hd;
+            attend_group(m->k, j->kv, j->il, &j->batch->seqs[rows[0].seq], rows, nr, m->s.q + off, m->s.att + off,
+                         (size_t)qd, ng, g * hd, hd, scale);
         }
     }
 }
+
+/* Splits the batch into attention row groups: runs of consecutive rows of one sequence, at most
+ * rows_per_grp each. Returns the number of groups (att_grp holds their first rows, then n). */
+static int32_t make_groups(const kiln_batch *b, int32_t rows_per_grp, int32_t *att_grp) {
+    int32_t n_grp = 0;
+    for (int32_t r = 0; r < b->n_rows; r++) {
+        bool start = r == 0 || b->rows[r].seq != b->rows[r - 1].seq || r - att_grp[n_grp - 1] >= rows_per_grp;
+        if (start) att_grp[n_grp++] = r;
+    }
+    att_grp[n_grp] = b->n_rows;
+    return n_grp;
+}
+
+/* Per-row element-wise work between the matmuls, split over the team by rows. */
+typedef struct rows_job {
+    kiln_model *m;
+    int32_t n;             /* rows */
+    const float *add;      /* (n, n_embd) added into the residual stream x first, or NULL */
+    const float *norm;     /* (n_embd,) RMSNorm weight: xn = rmsnorm(x) * norm; NULL: no norm */
+} rows_job;
+
+static void add_norm_part(void *ctx, int ith, int nth) {
+    rows_job *j = ctx;
+    kiln_model *m = j->m;
+    const int64_t d = m->hp.n_embd;
+    int64_t lo, hi;
+    kiln_pool_range(j->n, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++) {
+        float *x = m->s.x + r * d;
+        if (j->add)
+            for (int64_t i = 0; i < d; i++) x[i] += j->add[r * d + i];
+        if (j->norm) m->k->rmsnorm(x, j->norm, d, m->hp.norm_eps, m->s.xn + r * d);
+    }
+}
+
+static void silu_part(void *ctx, int ith, int nth) {
+    rows_job *j = ctx;
+    const int64_t f = j->m->hp.n_ff;
+    int64_t lo, hi;
+    kiln_pool_range(j->n, ith, nth, &lo, &hi);
+    j->m->k->silu_mul(j->m->s.gate + lo * f, j->m->s.up + lo * f, (hi - lo) * f);
+}
+
+/* The team for per-row element-wise work of `floats` values: the caller alone when waking the
+ * others would cost more than it saves. */
+static int rows_team(int nt, int32_t n, int64_t floats) { return n > 1 && floats >= 32768 ? nt : 1; }
 
 kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch, float *logits) {
     kiln_err err;
@@ -267,18 +311,22 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         kiln_embed_row(k, m->tok_embd.type, m->tok_embd.data, m->tok_embd.row_bytes, rows[r].token, d,
                        s->x + (size_t)r * d);
 
+    const int32_t group = n_head / hp->n_head_kv;
+    const int32_t rows_per_grp = KILN_MAX(1, ATT_MAX_HEADS / KILN_MIN(group, ATT_MAX_HEADS));
+    const int32_t n_grp = make_groups(batch, rows_per_grp, s->att_grp);
+    const int team_d = rows_team(nt, n, (int64_t)n * d), team_ff = rows_team(nt, n, (int64_t)n * hp->n_ff);
     for (int32_t il = 0; il < hp->n_layer; il++) {
         const kiln_layer *ly = &m->layers[il];
-        /* attention block */
-        for (int32_t r = 0; r < n; r++)
-            k->rmsnorm(s->x + (size_t)r * d, ly->attn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
+        /* attention block (the previous layer's feed-forward output joins the residual here) */
+        rows_job an = {m, n, il > 0 ? s->tmp : NULL, ly->attn_norm};
+        kiln_pool_run(team_d, add_norm_part, &an);
         const kiln_mat *qkv[] = {&ly->wq, &ly->wk, &ly->wv};
         float *const qkv_out[] = {s->q, s->k, s->v};
         mat_mul_n(k, qkv, qkv_out, 3, s->xn, n, nt);
         add_bias(s->q, ly->bq, n, qd);
         add_bias(s->k, ly->bk, n, kvd);
         add_bias(s->v, ly->bv, n, kvd);
-        layer_job job = {m, kv, batch, il, 0};
+        layer_job job = {m, kv, batch, il, n_grp, 0};
         kiln_pool_run(n > 1 ? nt : 1, rope_store_part, &job);
         /* Every row's K/V is in the cache now; rows of one sequence see each other causally.
          * Short contexts are cheaper on one thread. */
@@ -287,24 +335,27 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         atomic_store(&job.next, 0);
         kiln_pool_run(work >= 8192 ? nt : 1, attend_part, &job);
         mat_mul(k, &ly->wo, s->att, n, s->tmp, nt);
-        for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
 
         /* feed-forward block (SwiGLU) */
-        for (int32_t r = 0; r < n; r++)
-            k->rmsnorm(s->x + (size_t)r * d, ly->ffn_norm, d, hp->norm_eps, s->xn + (size_t)r * d);
+        rows_job fn = {m, n, s->tmp, ly->ffn_norm};
+        kiln_pool_run(team_d, add_norm_part, &fn);
         const kiln_mat *gate_up[] = {&ly->w_gate, &ly->w_up};
         float *const gate_up_out[] = {s->gate, s->up};
         mat_mul_n(k, gate_up, gate_up_out, 2, s->xn, n, nt);
-        k->silu_mul(s->gate, s->up, (int64_t)n * hp->n_ff);
+        rows_job sj = {m, n, NULL, NULL};
+        kiln_pool_run(team_ff, silu_part, &sj);
         mat_mul(k, &ly->w_down, s->gate, n, s->tmp, nt);
-        for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->tmp[i];
     }
 
-    /* Final norm and the output projection, only for the rows that want logits. */
+    /* The last feed-forward output joins the residual, then the final norm and the output
+     * projection, only for the rows that want logits. */
     int32_t n_out = 0;
     for (int32_t r = 0; r < n; r++) {
         if (!rows[r].want_logits) continue;
-        k->rmsnorm(s->x + (size_t)r * d, m->output_norm, d, hp->norm_eps, s->xn + (size_t)n_out * d);
+        float *x = s->x + (size_t)r * d;
+        if (hp->n_layer > 0)
+            for (int32_t i = 0; i < d; i++) x[i] += s->tmp[(size_t)r * d + i];
+        k->rmsnorm(x, m->output_norm, d, hp->norm_eps, s->xn + (size_t)n_out * d);
         n_out++;
     }
     if (n_out > 0) {

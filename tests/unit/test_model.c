@@ -238,6 +238,53 @@ static void batching_invariance_random(void) {
     }
 }
 
+/* Bit-identical logits for a sequence's rows however its prefill is cut into forwards and
+ * whatever other rows share the batch: one batch (attention groups many rows of the sequence),
+ * one row per forward, 7-row chunks, and the whole prompt after another sequence's rows. The
+ * cache block size (16) is the same throughout, so the attention chunk grid is too. */
+static void prefill_split_bitexact(void) {
+    kiln_model *m = load(model_path);
+    if (!m) return;
+    const int32_t n = 45, bs = 16, nb = (n + bs - 1) / bs, V = kiln_model_hparams(m)->n_vocab;
+    int32_t toks[45], other[20];
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 11);
+    for (int32_t i = 0; i < n; i++) toks[i] = (int32_t)(kiln_rng_u64(&rng) % (uint64_t)V);
+    for (int32_t i = 0; i < 20; i++) other[i] = (int32_t)(kiln_rng_u64(&rng) % (uint64_t)V);
+    float *ref = run_alone(m, toks, n);
+    float *logits = malloc(sizeof(float) * (size_t)(n + 20) * (size_t)V);
+    kiln_batch_row rows[65];
+    for (int mode = 0; mode < 3; mode++) {
+        kiln_kv *kv = new_kv(m, 2 * nb, bs);
+        int32_t table[2][3];
+        for (int s = 0; s < 2; s++)
+            for (int32_t b = 0; b < nb; b++) CHECK(kiln_kv_alloc_block(kv, &table[1 - s][b]) == KILN_OK);
+        kiln_batch_seq seqs[2] = {{table[0], nb}, {table[1], 2}};
+        int bad = 0;
+        if (mode < 2) { /* one row at a time, then 7-row chunks */
+            int32_t step = mode == 0 ? 1 : 7;
+            for (int32_t p0 = 0; p0 < n; p0 += step) {
+                int32_t len = KILN_MIN(step, n - p0);
+                for (int32_t i = 0; i < len; i++) rows[i] = (kiln_batch_row){toks[p0 + i], p0 + i, 0, true};
+                kiln_batch b = {len, rows, 2, seqs};
+                CHECK(kiln_model_forward(m, kv, &b, logits) == KILN_OK);
+                bad += memcmp(logits, ref + (size_t)p0 * V, sizeof(float) * (size_t)len * (size_t)V) != 0;
+            }
+        } else { /* another sequence's 20 rows first, then the whole prompt */
+            for (int32_t i = 0; i < 20; i++) rows[i] = (kiln_batch_row){other[i], i, 1, false};
+            for (int32_t i = 0; i < n; i++) rows[20 + i] = (kiln_batch_row){toks[i], i, 0, true};
+            kiln_batch b = {20 + n, rows, 2, seqs};
+            CHECK(kiln_model_forward(m, kv, &b, logits) == KILN_OK);
+            bad += memcmp(logits, ref, sizeof(float) * (size_t)n * (size_t)V) != 0;
+        }
+        CHECK_MSG(bad == 0, "mode %d: %d forwards differ from the one-batch prefill", mode, bad);
+        kiln_kv_free(kv);
+    }
+    free(logits);
+    free(ref);
+    kiln_model_free(m);
+}
+
 /* Prefix sharing: B reuses A's two full blocks (refcount 2, read-only) and a copy of A's third,
  * then diverges; its logits equal B run alone. */
 static void prefix_sharing(void) {
@@ -538,6 +585,7 @@ int main(void) {
     RUN(real_greedy_ids);
     RUN(batching_invariance_real);
     RUN(batching_invariance_random);
+    RUN(prefill_split_bitexact);
     RUN(prefix_sharing);
     RUN(forward_errors);
     RUN(kv_accounting);
