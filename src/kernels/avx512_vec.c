@@ -186,7 +186,7 @@ static inline __attribute__((always_inline)) void scores_tile(const float *const
         for (int z = 0; z < nz; z++) _mm512_store_ps(sc[t] + 16 * z, a[t][z]);
 }
 
-/* acc (hd,) of V_TILE queries = acc * c + sum over i < n_see of p[i] * V_i, i in order. */
+/* acc (hd,) of V_TILE queries = acc * c + sum over i < n_see of p[16 i] * V_i, i in order. */
 static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TILE], const float c[V_TILE],
                         const float *v, size_t stride, int32_t hd) {
     int32_t n_min = qs[0]->n_see, n_max = qs[0]->n_see, see[V_TILE];
@@ -216,7 +216,7 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
             for (int z = 0; z < 4; z++) x[z] = _mm512_maskz_loadu_ps(m[z], vi + (m[z] ? 16 * z : 0));
             #pragma GCC unroll 16
             for (int t = 0; t < V_TILE; t++) {
-                __m512 b = _mm512_set1_ps(p[t][i]);
+                __m512 b = _mm512_set1_ps(p[t][16 * i]);
                 #pragma GCC unroll 16
                 for (int z = 0; z < 4; z++) a[t][z] = _mm512_fmadd_ps(b, x[z], a[t][z]);
             }
@@ -229,7 +229,7 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
             #pragma GCC unroll 16
             for (int t = 0; t < V_TILE; t++) {
                 if (i >= see[t]) continue;
-                __m512 b = _mm512_set1_ps(p[t][i]);
+                __m512 b = _mm512_set1_ps(p[t][16 * i]);
                 #pragma GCC unroll 16
                 for (int z = 0; z < 4; z++) a[t][z] = _mm512_fmadd_ps(b, x[z], a[t][z]);
             }
@@ -242,13 +242,60 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
     }
 }
 
+/* The online-softmax update of nt (1..16) queries from their raw scores sc (nt rows): lane t is
+ * query t (lanes past nt repeat query 0 and are not written back). pt (KILN_ATT_CHUNK, 16) gets
+ * the weights exp(s - m') (0 past n_see), corr the rescale factors c (1 when m is unchanged). */
+static void softmax16(kiln_attn_q *qs, int nt, float (*sc)[KILN_ATT_CHUNK], int nz, int32_t n, float scale,
+                      float (*pt)[16], float *corr) {
+    _Alignas(64) float mo[16], lo[16];
+    _Alignas(64) int32_t see[16];
+    for (int t = 0; t < 16; t++) {
+        const kiln_attn_q *a = &qs[t < nt ? t : 0];
+        KILN_ASSERT(a->n_see >= 1 && a->n_see <= n);
+        mo[t] = a->m, lo[t] = a->l, see[t] = a->n_see;
+    }
+    const __m512i vsee = _mm512_load_si512(see);
+    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 bm = ninf;
+    for (int z = 0; z < nz; z++) {
+        __m512 r[16];
+        #pragma GCC unroll 16
+        for (int t = 0; t < 16; t++) r[t] = _mm512_load_ps(sc[t < nt ? t : 0] + 16 * z);
+        transpose16(r);
+        #pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            __mmask16 k = _mm512_cmpgt_epi32_mask(vsee, _mm512_set1_epi32(16 * z + i));
+            __m512 s = _mm512_mask_mul_ps(ninf, k, r[i], vscale);
+            _mm512_store_ps(pt[16 * z + i], s);
+            bm = _mm512_max_ps(bm, s);
+        }
+    }
+    const __m512 vmo = _mm512_load_ps(mo);
+    const __mmask16 up = _mm512_cmp_ps_mask(bm, vmo, _CMP_GT_OQ);
+    const __m512 c = _mm512_mask_blend_ps(up, _mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(vmo, bm))); /* 0 at first */
+    const __m512 m = _mm512_mask_blend_ps(up, vmo, bm);
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < 16 * nz; i++) {
+        __mmask16 k = _mm512_cmpgt_epi32_mask(vsee, _mm512_set1_epi32(i));
+        __m512 p = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_load_ps(pt[i]), m)));
+        _mm512_store_ps(pt[i], p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    _mm512_store_ps(lo, _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(lo), c), sum));
+    _mm512_store_ps(mo, m);
+    _Alignas(64) float co[16];
+    _mm512_store_ps(co, c);
+    for (int t = 0; t < nt; t++) qs[t].m = mo[t], qs[t].l = lo[t], corr[t] = co[t];
+}
+
 void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
                             int32_t hd, float scale) {
     KILN_ASSERT(n >= 1 && n <= KILN_ATT_CHUNK && n_q >= 0 && n_q <= KILN_ATT_MAX_Q && hd >= 1);
     _Static_assert(KILN_ATT_CHUNK <= 32, "scores fit two vectors");
     if (n_q == 0) return;
     _Alignas(64) float kt[KT_FLOATS];
-    _Alignas(64) float sc[KILN_ATT_MAX_Q][KILN_ATT_CHUNK]; /* scores, then exp weights */
+    _Alignas(64) float sc[KILN_ATT_MAX_Q][KILN_ATT_CHUNK]; /* scores, (query, position) */
+    _Alignas(64) float pt[KILN_ATT_MAX_Q / 16][KILN_ATT_CHUNK][16]; /* weights, (position, query) */
     float corr[KILN_ATT_MAX_Q];
     const int nz = (n + 15) / 16, npad = 16 * nz;
     const int32_t ds = KT_FLOATS / npad;
@@ -271,28 +318,10 @@ void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const floa
         }
     }
 
-    /* Online softmax per query over the positions it sees. */
-    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < n_q; j++) {
-        kiln_attn_q *a = &qs[j];
-        KILN_ASSERT(a->n_see >= 1 && a->n_see <= n);
-        __mmask16 m0 = tail_mask(a->n_see), m1 = tail_mask(a->n_see - 16);
-        __m512 s0 = _mm512_mask_mul_ps(ninf, m0, _mm512_load_ps(sc[j]), vscale);
-        __m512 s1 = m1 ? _mm512_mask_mul_ps(ninf, m1, _mm512_load_ps(sc[j] + 16), vscale) : ninf;
-        float bm = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
-        float c = 1.0f;
-        if (bm > a->m) {
-            c = _mm512_cvtss_f32(exp512(_mm512_set1_ps(a->m - bm))); /* 0 on the first chunk */
-            a->m = bm;
-        }
-        __m512 mv = _mm512_set1_ps(a->m);
-        __m512 p0 = _mm512_maskz_mov_ps(m0, exp512(_mm512_sub_ps(s0, mv)));
-        __m512 p1 = _mm512_maskz_mov_ps(m1, exp512(_mm512_sub_ps(s1, mv)));
-        _mm512_store_ps(sc[j], p0);
-        _mm512_store_ps(sc[j] + 16, p1);
-        a->l = a->l * c + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
-        corr[j] = c;
-    }
+    /* Online softmax, 16 queries at a time with one query per lane (scores transposed), so the
+     * max and the sum over positions are lane-wise, in position order. */
+    for (int t0 = 0; t0 < n_q; t0 += 16)
+        softmax16(qs + t0, n_q - t0 < 16 ? n_q - t0 : 16, sc + t0, nz, n, scale, pt[t0 / 16], corr + t0);
 
     /* Weighted V rows into the accumulators. */
     for (int t0 = 0; t0 < n_q; t0 += V_TILE) {
@@ -301,7 +330,7 @@ void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const floa
         float c[V_TILE];
         for (int t = 0; t < V_TILE; t++) {
             int j = t0 + t < n_q ? t0 + t : t0;
-            q[t] = &qs[j], p[t] = sc[j], c[t] = corr[j];
+            q[t] = &qs[j], p[t] = &pt[j / 16][0][j % 16], c[t] = corr[j];
         }
         values_tile(q, p, c, v, stride, hd);
     }
