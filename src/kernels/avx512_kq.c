@@ -209,16 +209,14 @@ static inline __m512i or_high(__m512i w, __m512i h, int sh, __m512i mask) {
     return _mm512_ternarylogic_epi32(w, s, mask, 0xf8);
 }
 
+/* pf > 0: while reading a panel, prefetch into L2 the bytes pf further on (the next panels this
+ * thread reads). */
 static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
-                                                          size_t pb, const kact *a, int64_t c0, float *y,
-                                                          int64_t n_out, int64_t o0) {
+                                                          size_t pb, size_t pf, const kact *a, int64_t c0,
+                                                          float *y, int64_t n_out, int64_t o0) {
     const int64_t nsb = a->nsb, n_in = a->n_in, naux = n_in / 16;
     const size_t sbb = sb_bytes(t), nl = sbb / 64;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    /* the single-row tile prefetches into L2 the same bytes of the next NP panels (the next work
-     * item): a fixed distance (avx512.c's 20 KB) lands inside the pair being read when a panel is
-     * near 20 KB, and left Q6_K decode at 13 GB/s on one core instead of 19-21 */
-    const size_t pf = (size_t)NP * pb;
     __m512 acc[2][Q_ROWS];
     #pragma GCC unroll 2
     for (int p = 0; p < NP; p++)
@@ -234,7 +232,7 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
             __m512 D = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)S));
             /* 8 steps of 32 elements: a Q4_K / Q5_K sub-block, or two Q6_K sub-blocks */
             for (int j = 0; j < 8; j++) {
-                if (C == 1) {
+                if (pf) {
                     #pragma GCC unroll 8
                     for (size_t l = nl * j / 8; l < nl * (j + 1) / 8; l++)
                         _mm_prefetch((const char *)(S + pf + 64 * l), _MM_HINT_T1);
@@ -334,23 +332,29 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
 static inline __attribute__((always_inline)) void kq_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
                                                               const kact *a, int64_t c0, int64_t c1, float *y,
                                                               int64_t n_out, int64_t o0) {
+    /* Prefetch distance: the same bytes of the next panels this thread reads (consecutive work
+     * items), from the first tile over a panel only. A fixed distance (avx512.c's 20 KB) lands
+     * inside the pair being read when a panel is near 20 KB: Q6_K decode then ran at 13 GB/s on
+     * one core instead of 19-21; and without prefetch 16 rows ran out-of-cache weights at 2/3 of
+     * their in-cache speed. */
     if (c1 - c0 == 1 && np == 2) {
-        kq_tile(t, 2, 1, panel, pb, a, c0, y, n_out, o0);
+        kq_tile(t, 2, 1, panel, pb, 2 * pb, a, c0, y, n_out, o0);
         return;
     }
     for (int p = 0; p < np; p++) {
         const uint8_t *pp = panel + p * pb;
         int64_t o = o0 + p * PANEL, c = c0;
-        for (; c + Q_ROWS <= c1; c += Q_ROWS) kq_tile(t, 1, Q_ROWS, pp, pb, a, c, y, n_out, o);
+        for (; c + Q_ROWS <= c1; c += Q_ROWS) kq_tile(t, 1, Q_ROWS, pp, pb, c == c0 ? pb : 0, a, c, y, n_out, o);
+        size_t pf = c == c0 ? pb : 0;
         _Static_assert(Q_ROWS == 8, "the tails below are 1..7 rows");
         switch (c1 - c) {
-        case 7: kq_tile(t, 1, 7, pp, pb, a, c, y, n_out, o); break;
-        case 6: kq_tile(t, 1, 6, pp, pb, a, c, y, n_out, o); break;
-        case 5: kq_tile(t, 1, 5, pp, pb, a, c, y, n_out, o); break;
-        case 4: kq_tile(t, 1, 4, pp, pb, a, c, y, n_out, o); break;
-        case 3: kq_tile(t, 1, 3, pp, pb, a, c, y, n_out, o); break;
-        case 2: kq_tile(t, 1, 2, pp, pb, a, c, y, n_out, o); break;
-        case 1: kq_tile(t, 1, 1, pp, pb, a, c, y, n_out, o); break;
+        case 7: kq_tile(t, 1, 7, pp, pb, pf, a, c, y, n_out, o); break;
+        case 6: kq_tile(t, 1, 6, pp, pb, pf, a, c, y, n_out, o); break;
+        case 5: kq_tile(t, 1, 5, pp, pb, pf, a, c, y, n_out, o); break;
+        case 4: kq_tile(t, 1, 4, pp, pb, pf, a, c, y, n_out, o); break;
+        case 3: kq_tile(t, 1, 3, pp, pb, pf, a, c, y, n_out, o); break;
+        case 2: kq_tile(t, 1, 2, pp, pb, pf, a, c, y, n_out, o); break;
+        case 1: kq_tile(t, 1, 1, pp, pb, pf, a, c, y, n_out, o); break;
         default: break;
         }
     }
