@@ -181,6 +181,14 @@ typedef struct kiln_kernels {
 /* True when the CPU has F16C (CPUID; clang's __builtin_cpu_supports does not know "f16c"). */
 bool kiln_cpu_has_f16c(void);
 
+/* The rope op in two steps, for callers that rotate many vectors at one position (bit-identical
+ * to rope): cs (n_rot,) = cos, sin of each pair's angle pos * freq i (interleaved), then the
+ * rotation of x (n_heads, head_dim) by them. n_rot is even, at most head_dim and
+ * KILN_ROPE_MAX_ROT. */
+#define KILN_ROPE_MAX_ROT 1024
+void kiln_rope_angles(int64_t n_rot, int32_t pos, float theta_base, const float *freq_factors, float *cs);
+void kiln_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cs, int rope_type);
+
 /* The scalar reference table (always available). */
 extern const kiln_kernels kiln_kernels_ref;
 /* Per-ISA tables (avx2.c, avx512.c; compiled with those ISA flags): use them only through

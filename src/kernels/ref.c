@@ -192,16 +192,22 @@ static void ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, fl
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale * (w ? w[i] : 1.0f);
 }
 
-/* x (n_heads, head_dim), rotated in place at position pos. */
-static void ref_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pos,
-                     float theta_base, const float *freq_factors, int rope_type) {
-    KILN_ASSERT(n_rot % 2 == 0 && n_rot <= head_dim);
-    int64_t half = n_rot / 2;
-    for (int64_t i = 0; i < half; i++) {
+void kiln_rope_angles(int64_t n_rot, int32_t pos, float theta_base, const float *freq_factors, float *cs) {
+    KILN_ASSERT(n_rot % 2 == 0);
+    for (int64_t i = 0; i < n_rot / 2; i++) {
         double freq = pow((double)theta_base, -2.0 * (double)i / (double)n_rot);
         if (freq_factors) freq /= freq_factors[i];
         double ang = (double)pos * freq;
-        float c = (float)cos(ang), s = (float)sin(ang);
+        cs[2 * i] = (float)cos(ang);
+        cs[2 * i + 1] = (float)sin(ang);
+    }
+}
+
+void kiln_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cs, int rope_type) {
+    KILN_ASSERT(n_rot % 2 == 0 && n_rot <= head_dim);
+    int64_t half = n_rot / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float c = cs[2 * i], s = cs[2 * i + 1];
         int64_t a = rope_type == KILN_KROPE_NEOX ? i : 2 * i;
         int64_t b = rope_type == KILN_KROPE_NEOX ? i + half : 2 * i + 1;
         for (int64_t h = 0; h < n_heads; h++) {
@@ -211,6 +217,16 @@ static void ref_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot,
             v[b] = x0 * s + x1 * c;
         }
     }
+}
+
+/* x (n_heads, head_dim), rotated in place at position pos: the angles, then the rotation
+ * (n_rot <= head_dim <= KILN_ROPE_MAX_ROT). */
+static void ref_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pos,
+                     float theta_base, const float *freq_factors, int rope_type) {
+    KILN_ASSERT(n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= KILN_ROPE_MAX_ROT);
+    float cs[KILN_ROPE_MAX_ROT];
+    kiln_rope_angles(n_rot, pos, theta_base, freq_factors, cs);
+    kiln_rope_apply(x, n_heads, head_dim, n_rot, cs, rope_type);
 }
 
 static void ref_silu_mul(float *g, const float *u, int64_t n) {

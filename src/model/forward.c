@@ -26,6 +26,7 @@ void kiln_scratch_free(kiln_scratch *s) {
     kiln_free(s->gate);
     kiln_free(s->up);
     kiln_free(s->att_grp);
+    kiln_free(s->rope_cs);
     memset(s, 0, sizeof(*s));
 }
 
@@ -48,7 +49,10 @@ static kiln_err scratch_reserve(kiln_model *m, int32_t n_rows) {
             return kiln_errf(KILN_ERR_NOMEM, "forward: cannot grow scratch to %d rows", n_rows);
         }
     }
-    if (!(n.att_grp = kiln_malloc(((size_t)n_rows + 1) * sizeof(int32_t)))) {
+    size_t cs_bytes; /* n_rot <= head_dim: no overflow past the q buffer's size */
+    if (!kiln_mul_size((size_t)KILN_MAX(m->n_rot, 1) * sizeof(float), (size_t)n_rows, &cs_bytes) ||
+        !(n.rope_cs = kiln_malloc(cs_bytes)) ||
+        !(n.att_grp = kiln_malloc(((size_t)n_rows + 1) * sizeof(int32_t)))) {
         kiln_scratch_free(&n);
         return kiln_errf(KILN_ERR_NOMEM, "forward: cannot grow scratch to %d rows", n_rows);
     }
@@ -211,8 +215,11 @@ static void rope_store_part(void *ctx, int ith, int nth) {
             for (int32_t h = 0; h < n_head; h++) k->rmsnorm(q + h * hd, ly->q_norm, hd, hp->norm_eps, q + h * hd);
         if (ly->k_norm)
             for (int32_t h = 0; h < hp->n_head_kv; h++) k->rmsnorm(kr + h * hd, ly->k_norm, hd, hp->norm_eps, kr + h * hd);
-        k->rope(q, n_head, hd, m->n_rot, row->pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
-        k->rope(kr, hp->n_head_kv, hd, m->n_rot, row->pos, hp->rope_theta, m->freq_factors, (int)hp->rope_type);
+        /* The angles depend only on the position: made once per forward (the rope op's values). */
+        float *cs = s->rope_cs + (size_t)r * (size_t)m->n_rot;
+        if (j->il == 0) kiln_rope_angles(m->n_rot, row->pos, hp->rope_theta, m->freq_factors, cs);
+        kiln_rope_apply(q, n_head, hd, m->n_rot, cs, (int)hp->rope_type);
+        kiln_rope_apply(kr, hp->n_head_kv, hd, m->n_rot, cs, (int)hp->rope_type);
         const kiln_batch_seq *sq = &j->batch->seqs[row->seq];
         int32_t blk = sq->block_table[row->pos / j->kv->block_size];
         size_t slot = (size_t)(row->pos % j->kv->block_size) * (size_t)kvd;

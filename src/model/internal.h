@@ -49,6 +49,7 @@ typedef struct kiln_scratch {
     float *gate;           /* (cap, n_ff) */
     float *up;             /* (cap, n_ff) */
     int32_t *att_grp;      /* (cap + 1,) first row of each attention row group (forward.c) */
+    float *rope_cs;        /* (cap, n_rot) each row's rope cos/sin pairs, made at layer 0 (forward.c) */
 } kiln_scratch;
 
 struct kiln_model {

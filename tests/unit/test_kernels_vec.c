@@ -2,8 +2,8 @@
  * definition computed here in double precision (softmax(q.K^T * scale) . V over each query's
  * positions, fed in chunks), and its batching invariance: a query's state is bit-identical
  * whether it is updated alone (with n = its n_see) or with others in any grouping. Also the
- * AVX-512 vector exp against libm's double exp (stated bound: 2 ulp), and the SIMD SiLU, RMSNorm
- * and softmax against ref over wide ranges and lengths. */
+ * AVX-512 vector exp against libm's double exp (stated bound: 2 ulp), the SIMD SiLU, RMSNorm
+ * and softmax against ref over wide ranges and lengths, and RoPE in two steps against the op. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -239,6 +239,27 @@ static void elementwise_vs_ref(void) {
     }
 }
 
+/* kiln_rope_angles + kiln_rope_apply (angles made once per position) give every table's rope op
+ * bit for bit, both pair layouts, with and without frequency factors, positions up to 10^6. */
+static void rope_two_steps(void) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 5);
+    const int hd = 64, heads = 3;
+    float x[3 * 64], y[3 * 64], cs[64], ff[32];
+    for (int i = 0; i < 32; i++) ff[i] = 1.0f + (float)i * 0.25f;
+    for (int t = 0; t < n_tables; t++)
+        for (int it = 0; it < 40; it++) {
+            int n_rot = 2 * (1 + (int)(kiln_rng_u64(&r) % 32)), type = it % 2 ? KILN_KROPE_NEOX : KILN_KROPE_NORM;
+            int32_t pos = it < 20 ? it : (int32_t)(kiln_rng_u64(&r) % 1000000);
+            const float *f = it % 3 == 0 ? ff : NULL;
+            for (int i = 0; i < heads * hd; i++) x[i] = y[i] = frand(&r);
+            tables[t]->rope(x, heads, hd, n_rot, pos, 10000.0f, f, type);
+            kiln_rope_angles(n_rot, pos, 10000.0f, f, cs);
+            kiln_rope_apply(y, heads, hd, n_rot, cs, type);
+            CHECK_MSG(memcmp(x, y, sizeof(x)) == 0, "%s n_rot %d pos %d type %d", tables[t]->name, n_rot, pos, type);
+        }
+}
+
 int main(void) {
     const char *names[] = {"ref", "avx2", "avx512"};
     for (size_t i = 0; i < KILN_ARRAY_LEN(names); i++) {
@@ -250,5 +271,6 @@ int main(void) {
     RUN(attn_grouping_invariance);
     RUN(exp_accuracy);
     RUN(elementwise_vs_ref);
+    RUN(rope_two_steps);
     return TEST_REPORT("test_kernels_vec");
 }
