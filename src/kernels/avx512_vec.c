@@ -204,9 +204,10 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
         #pragma GCC unroll 16
         for (int t = 0; t < V_TILE; t++) {
             __m512 ct = _mm512_set1_ps(c[t]);
+            __mmask16 keep = c[t] != 0 ? (__mmask16)0xffff : 0; /* c = 0: acc starts over (maybe garbage) */
             #pragma GCC unroll 16
             for (int z = 0; z < 4; z++)
-                a[t][z] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[z], qs[t]->acc + c0 + (m[z] ? 16 * z : 0)), ct);
+                a[t][z] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[z] & keep, qs[t]->acc + c0 + (m[z] ? 16 * z : 0)), ct);
         }
         int32_t i = 0;
         for (; i < n_min; i++) {

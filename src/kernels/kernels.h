@@ -118,7 +118,8 @@ typedef struct kiln_pmat {
 #define KILN_ATT_MAX_Q 64
 
 /* One query vector's online-softmax state across attn_chunk calls. Before the first chunk:
- * m = -INFINITY, l = 0, acc all zero; after the last, the attention output is acc / l. */
+ * m = -INFINITY and l = 0 (acc is then ignored: it need not be initialized); after the last,
+ * the attention output is acc / l. */
 typedef struct kiln_attn_q {
     const float *q;        /* (hd,) query */
     float *acc;            /* (hd,) sum of exp(score - m) * V row over the positions seen */
@@ -171,7 +172,8 @@ typedef struct kiln_kernels {
     /* One chunk of n (1..KILN_ATT_CHUNK) cached positions, K rows k + i * stride and V rows
      * v + i * stride (hd floats each), updates n_q (0..KILN_ATT_MAX_Q) query states: for each,
      * s_i = dot(q, K_i) * scale for i < n_see; m' = max(m, max s_i); c = exp(m - m');
-     * l = l * c + sum exp(s_i - m'); acc = acc * c + sum over i in order of exp(s_i - m') * V_i.
+     * l = l * c + sum exp(s_i - m'); acc = acc * c + sum over i in order of exp(s_i - m') * V_i,
+     * where acc * c is 0 when c is 0 (whatever acc held).
      * A query's result depends only on its own state, q, n_see and those n_see positions, never
      * on n or on the other queries of the call (bit-identical however queries are grouped). */
     void (*attn_chunk)(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,

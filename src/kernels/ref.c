@@ -137,7 +137,9 @@ void kiln_attn_chunk_rows(void (*dot_rows)(const float *, const float *, size_t,
         if (bm > a->m) {
             float c = expf(a->m - bm); /* exp(-inf) = 0 on the first chunk */
             a->l *= c;
-            for (int32_t i = 0; i < hd; i++) a->acc[i] *= c;
+            if (c == 0) memset(a->acc, 0, (size_t)hd * sizeof(float)); /* acc may be garbage at first */
+            else
+                for (int32_t i = 0; i < hd; i++) a->acc[i] *= c;
             a->m = bm;
         }
         for (int32_t i = 0; i < a->n_see; i++) {
@@ -206,15 +208,20 @@ void kiln_rope_angles(int64_t n_rot, int32_t pos, float theta_base, const float 
 void kiln_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cs, int rope_type) {
     KILN_ASSERT(n_rot % 2 == 0 && n_rot <= head_dim);
     int64_t half = n_rot / 2;
-    for (int64_t i = 0; i < half; i++) {
-        float c = cs[2 * i], s = cs[2 * i + 1];
-        int64_t a = rope_type == KILN_KROPE_NEOX ? i : 2 * i;
-        int64_t b = rope_type == KILN_KROPE_NEOX ? i + half : 2 * i + 1;
-        for (int64_t h = 0; h < n_heads; h++) {
-            float *v = x + h * head_dim;
-            float x0 = v[a], x1 = v[b];
-            v[a] = x0 * c - x1 * s;
-            v[b] = x0 * s + x1 * c;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *v = x + h * head_dim;
+        if (rope_type == KILN_KROPE_NEOX) {
+            for (int64_t i = 0; i < half; i++) {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+                v[i + half] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+            }
+        } else {
+            for (int64_t i = 0; i < half; i++) {
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+                v[2 * i + 1] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+            }
         }
     }
 }

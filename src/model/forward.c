@@ -164,7 +164,6 @@ static void attend_group(const kiln_kernels *k, const kiln_kv *kv, int32_t il, c
         for (int h = 0; h < ng; h++) {
             size_t off = (size_t)r * qd + (size_t)h * hd;
             qs[r * ng + h] = (kiln_attn_q){.q = q + off, .acc = out + off, .m = -INFINITY, .l = 0};
-            memset(out + off, 0, (size_t)hd * sizeof(float));
         }
     const int32_t pos_max = rows[nr - 1].pos;
     int first = 0; /* rows before it are done: positions increase along the group */

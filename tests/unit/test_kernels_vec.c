@@ -51,7 +51,7 @@ static void scen_run(const kiln_kernels *T, const scen *s, int mode, kiln_rng *r
     const float scale = 1.0f / sqrtf((float)s->hd);
     for (int j = 0; j < s->n_q; j++) {
         st[j] = (kiln_attn_q){.q = s->q + (size_t)j * s->hd, .acc = acc + (size_t)j * s->hd, .m = -INFINITY};
-        memset(st[j].acc, 0, sizeof(float) * (size_t)s->hd);
+        for (int e = 0; e < s->hd; e++) st[j].acc[e] = NAN; /* ignored before the first chunk */
     }
     kiln_attn_q call[KILN_ATT_MAX_Q];
     int idx[KILN_ATT_MAX_Q];
