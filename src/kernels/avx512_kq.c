@@ -55,41 +55,33 @@ size_t kiln_kquant_avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) 
 
 static inline void put32(uint8_t *dst, uint32_t v) { memcpy(dst, &v, 4); }
 
-/* 32 low-bit nibbles L[l] (l < 32) of one sub-block of 32 (or a pair of Q6_K sub-blocks) -> the
- * 4 quant vectors' dwords of lane r: byte 4v + i = L[4v + i] | L[16 + 4v + i] << 4. lo16 / hi16
- * hold L[0..15] and L[16..31] as bytes (values 0..15). */
-static inline void put_nibbles(uint8_t *qv, int r, const uint8_t *lo16, const uint8_t *hi16) {
-    uint64_t a[2], b[2];
-    memcpy(a, lo16, 16);
-    memcpy(b, hi16, 16);
-    uint64_t o[2] = {a[0] | b[0] << 4, a[1] | b[1] << 4};
-    uint8_t ob[16];
-    memcpy(ob, o, 16);
-    for (int v = 0; v < 4; v++) memcpy(qv + v * 64 + 4 * r, ob + 4 * v, 4);
+#define NIB 0x0f0f0f0f0f0f0f0fULL
+
+/* 32 four-bit values L[l] (l < 32, one per byte, as 4 little-endian words: L[0..15] in lo[0..1],
+ * L[16..31] in hi[0..1]) of one sub-block of 32 (or a pair of Q6_K sub-blocks) -> the 4 quant
+ * vectors' dwords of lane r: byte 4v + i = L[4v + i] | L[16 + 4v + i] << 4. */
+static inline void put_nibbles(uint8_t *qv, int r, const uint64_t lo[2], const uint64_t hi[2]) {
+    uint64_t o[2] = {lo[0] | hi[0] << 4, lo[1] | hi[1] << 4};
+    for (int v = 0; v < 4; v++) memcpy(qv + v * 64 + 4 * r, (const uint8_t *)o + 4 * v, 4);
 }
 
 /* Row r of one super-block (raw block src) into the packed super-block dst (16 rows). */
 static void pack_sb(kiln_wtype t, const uint8_t *src, int r, uint8_t *dst) {
-    uint8_t lo[32], hi[32];
+    uint64_t q[4], lo[4], hi[4];
     if (t == KILN_WTYPE_Q6_K) {
         const kiln_block_q6_k *b = (const kiln_block_q6_k *)src;
         memcpy(dst + 2 * r, &b->d, 2);
         for (int j = 0; j < 16; j++) dst[OFF_SC + 16 * j + r] = (uint8_t)b->scales[j];
         for (int s = 0; s < 8; s++) {
             int h = s / 4, k = s % 4, sh = k >= 2 ? 4 : 0;
-            const uint8_t *ql = b->ql + 64 * h + 32 * (k & 1);
-            for (int l = 0; l < 16; l++) {
-                lo[l] = (uint8_t)((ql[l] >> sh) & 15);
-                hi[l] = (uint8_t)((ql[16 + l] >> sh) & 15);
-            }
-            put_nibbles(dst + OFF_QS + (size_t)s * 4 * 64, r, lo, hi);
+            memcpy(q, b->ql + 64 * h + 32 * (k & 1), 32);
+            for (int i = 0; i < 4; i++) lo[i] = (q[i] >> sh) & NIB;
+            put_nibbles(dst + OFF_QS + (size_t)s * 4 * 64, r, lo, lo + 2);
+            uint32_t w[8];
+            memcpy(w, b->qh + 32 * h, 32);
             for (int hv = 0; hv < 2; hv++) {
                 uint32_t o = 0;
-                for (int kk = 0; kk < 4; kk++) {
-                    uint32_t w;
-                    memcpy(&w, b->qh + 32 * h + 16 * hv + 4 * kk, 4);
-                    o |= ((w >> (2 * k)) & 0x03030303u) << (2 * kk);
-                }
+                for (int kk = 0; kk < 4; kk++) o |= ((w[4 * hv + kk] >> (2 * k)) & 0x03030303u) << (2 * kk);
                 put32(dst + OFF_QH + (size_t)(2 * s + hv) * 64 + 4 * r, o);
             }
         }
@@ -115,13 +107,13 @@ static void pack_sb(kiln_wtype t, const uint8_t *src, int r, uint8_t *dst) {
         dst[OFF_M + 32 * (j / 2) + 2 * r + (j & 1)] = (uint8_t)m;
     }
     for (int c = 0; c < 4; c++) {
-        const uint8_t *q = qs + 32 * c;
-        for (int l = 0; l < 32; l++) {
-            lo[l] = q[l] & 15;
-            hi[l] = q[l] >> 4;
+        memcpy(q, qs + 32 * c, 32);
+        for (int i = 0; i < 4; i++) {
+            lo[i] = q[i] & NIB;
+            hi[i] = (q[i] >> 4) & NIB;
         }
-        put_nibbles(dst + OFF_QS + (size_t)(2 * c) * 4 * 64, r, lo, lo + 16);
-        put_nibbles(dst + OFF_QS + (size_t)(2 * c + 1) * 4 * 64, r, hi, hi + 16);
+        put_nibbles(dst + OFF_QS + (size_t)(2 * c) * 4 * 64, r, lo, lo + 2);
+        put_nibbles(dst + OFF_QS + (size_t)(2 * c + 1) * 4 * 64, r, hi, hi + 2);
     }
     if (five) {
         uint32_t w[8];
