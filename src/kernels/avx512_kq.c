@@ -26,6 +26,10 @@
  *     ql: per 32 elements (sub-blocks 2s, 2s + 1) 4 vectors of low 4 bits, nibbles as above |
  *     qh: per 32 elements 2 vectors, vector h lane r byte i bits 2k..2k+1 = high bits of element
  *     16h + 4k + i.  3392 bytes (raw 3360: +1%).
+ * Q4_1 / Q5_0 (blocks of 32, nb = n_in / 32 per row): d (per block the 16 rows' f16, nb * 32 bytes
+ * rounded up to 64) | Q4_1 only, m (the same) | quants: per block 4 vectors, nibbles as above (lane
+ * r of vector v = the raw qs[4v..4v+3] of row r) | Q5_0 only, qh: per block one vector, lane r
+ * byte i bit k = fifth bit of element 4k + i. Size: raw + at most 64 bytes per region.
  * Decode is memory-bound, so the packed size stays within 3% of the raw one. */
 
 #define PANEL 16
@@ -36,6 +40,17 @@
 #define OFF_QH 2368
 
 static bool is_kq(kiln_wtype t) { return t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K || t == KILN_WTYPE_Q6_K; }
+static bool is_lq(kiln_wtype t) { return t == KILN_WTYPE_Q4_1 || t == KILN_WTYPE_Q5_0; }
+/* Elements per unit of the layout (and per activation scale). */
+static int64_t unit(kiln_wtype t) { return is_kq(t) ? SB : 32; }
+
+static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Q4_1 / Q5_0 panel regions for nb blocks: offsets of m (Q4_1), quants and qh (Q5_0). */
+static inline size_t lq_off_q(kiln_wtype t, int64_t nb) {
+    return round64((size_t)nb * 32) * (t == KILN_WTYPE_Q4_1 ? 2 : 1);
+}
+static inline size_t lq_off_h(kiln_wtype t, int64_t nb) { return lq_off_q(t, nb) + (size_t)nb * 256; }
 
 static inline size_t sb_bytes(kiln_wtype t) {
     return t == KILN_WTYPE_Q4_K ? 2368 : t == KILN_WTYPE_Q5_K ? 2880 : 3392;
@@ -43,12 +58,17 @@ static inline size_t sb_bytes(kiln_wtype t) {
 
 /* Bytes of one panel (false on overflow). */
 static bool panel_bytes(kiln_wtype t, int64_t n_in, size_t *pb) {
-    return kiln_mul_size((size_t)(n_in / SB), sb_bytes(t), pb);
+    if (is_kq(t)) return kiln_mul_size((size_t)(n_in / SB), sb_bytes(t), pb);
+    int64_t nb = n_in / 32;
+    if (nb > (int64_t)(SIZE_MAX / 1024)) return false;
+    *pb = lq_off_h(t, nb) + (t == KILN_WTYPE_Q5_0 ? (size_t)nb * 64 : 0);
+    return true;
 }
 
 size_t kiln_kquant_avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
     size_t pb, total;
-    if (!is_kq(t) || n_out <= 0 || n_in <= 0 || n_in % SB != 0 || !panel_bytes(t, n_in, &pb)) return 0;
+    if (!(is_kq(t) || is_lq(t)) || n_out <= 0 || n_in <= 0 || n_in % unit(t) != 0 || !panel_bytes(t, n_in, &pb))
+        return 0;
     size_t n_panels = ((size_t)n_out + PANEL - 1) / PANEL;
     return kiln_mul_size(n_panels, pb, &total) ? total : 0;
 }
@@ -126,51 +146,88 @@ static void pack_sb(kiln_wtype t, const uint8_t *src, int r, uint8_t *dst) {
     }
 }
 
+/* Row r of a Q4_1 / Q5_0 row of nb blocks into the packed panel dst. */
+static void pack_lq_row(kiln_wtype t, const uint8_t *row, int64_t nb, int r, uint8_t *dst) {
+    size_t off_q = lq_off_q(t, nb), off_h = lq_off_h(t, nb);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *qs;
+        if (t == KILN_WTYPE_Q4_1) {
+            const kiln_block_q4_1 *bl = (const kiln_block_q4_1 *)row + b;
+            memcpy(dst + b * 32 + 2 * r, &bl->d, 2);
+            memcpy(dst + round64((size_t)nb * 32) + b * 32 + 2 * r, &bl->m, 2);
+            qs = bl->qs;
+        } else {
+            const kiln_block_q5_0 *bl = (const kiln_block_q5_0 *)row + b;
+            memcpy(dst + b * 32 + 2 * r, &bl->d, 2);
+            uint32_t qh, o = 0;
+            memcpy(&qh, bl->qh, 4);
+            /* byte i bit k = bit 4k + i of qh */
+            for (int k = 0; k < 8; k++) {
+                uint32_t nib = (qh >> (4 * k)) & 15;
+                uint32_t spread = (nib & 1) | (nib & 2) << 7 | (nib & 4) << 14 | (nib & 8) << 21;
+                o |= spread << k;
+            }
+            put32(dst + off_h + (size_t)b * 64 + 4 * r, o);
+            qs = bl->qs;
+        }
+        for (int v = 0; v < 4; v++) memcpy(dst + off_q + (size_t)b * 256 + v * 64 + 4 * r, qs + 4 * v, 4);
+    }
+}
+
 /* Panel p of w (rows 16p .. 16p + 15) into dst (panel bytes pb). */
 static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, int64_t p,
                        size_t pb, uint8_t *dst) {
     size_t bb = t == KILN_WTYPE_Q4_K ? sizeof(kiln_block_q4_k)
                 : t == KILN_WTYPE_Q5_K ? sizeof(kiln_block_q5_k) : sizeof(kiln_block_q6_k);
-    size_t sbb = sb_bytes(t);
-    int64_t nsb = n_in / SB;
     if (n_out - p * PANEL < PANEL) memset(dst, 0, pb); /* zero rows: finite, never stored */
     for (int r = 0; r < PANEL; r++) {
         int64_t o = p * PANEL + r;
         if (o >= n_out) break;
         const uint8_t *row = (const uint8_t *)w + (size_t)o * row_bytes;
-        for (int64_t b = 0; b < nsb; b++) pack_sb(t, row + (size_t)b * bb, r, dst + (size_t)b * sbb);
+        if (is_lq(t)) {
+            pack_lq_row(t, row, n_in / 32, r, dst);
+            continue;
+        }
+        for (int64_t b = 0; b < n_in / SB; b++) pack_sb(t, row + (size_t)b * bb, r, dst + (size_t)b * sb_bytes(t));
     }
 }
 
-/* ---- activations: x (n,) -> q (n,) int8 per 256 with d = amax / 127, and per row aux:
- * Q4_K / Q5_K: int16 sums of the quants of each 32 (two per dword: sub-blocks 2k, 2k + 1);
- * Q6_K: int32 -32 * the sum of each 16 (the quants' +32 bias, folded into the dot's start). */
+/* ---- activations: x (n,) -> q (n,) int8 per unit (256 for the K-quants, like ggml's Q8_K; 32
+ * for Q4_1 / Q5_0, like Q8_1) with d = amax / 127, and per row aux: Q4_K / Q5_K: int16 sums of
+ * the quants of each 32 (two per dword: sub-blocks 2k, 2k + 1); Q6_K: int32 -32 * the sum of each
+ * 16 (the quants' +32 bias, folded into the dot's start); Q5_0: int32 -16 * the sum of each 32;
+ * Q4_1: the float d * the sum of each 32 (what the block's m multiplies). */
 typedef struct kact {
     int8_t *q;         /* (n_x, n_in) */
     float *d;          /* (n_x, nsb) */
     int32_t *aux;      /* (n_x, n_in / 16) */
-    int64_t n_in, nsb;
+    int64_t n_in, nsb; /* nsb: units per row */
 } kact;
 
 static void quantize_row(kiln_wtype t, const float *x, int64_t n, int8_t *q, float *d, int32_t *aux) {
     int16_t *bs = (int16_t *)aux;
-    for (int64_t b = 0; b < n / SB; b++) {
-        const float *xb = x + b * SB;
+    float *xs = (float *)aux;
+    const int64_t u = unit(t);
+    for (int64_t b = 0; b < n / u; b++) {
+        const float *xb = x + b * u;
         __m512 m = _mm512_setzero_ps();
-        for (int i = 0; i < SB; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+        for (int i = 0; i < u; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
         float amax = _mm512_reduce_max_ps(m);
         float id = amax > 0 ? 127.0f / amax : 0.0f;
         d[b] = amax / 127.0f;
         __m512 vid = _mm512_set1_ps(id);
         int32_t s32 = 0;
-        for (int k = 0; k < SB / 16; k++) {
+        for (int k = 0; k < u / 16; k++) {
             __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * k), vid));
-            _mm_storeu_si128((__m128i *)(q + b * SB + 16 * k), _mm512_cvtepi32_epi8(qi));
+            _mm_storeu_si128((__m128i *)(q + b * u + 16 * k), _mm512_cvtepi32_epi8(qi));
             int32_t s = _mm512_reduce_add_epi32(qi);
             if (t == KILN_WTYPE_Q6_K) {
                 aux[b * 16 + k] = -32 * s;
             } else if (k & 1) {
-                bs[b * 8 + k / 2] = (int16_t)(s32 + s); /* |sum of 32| <= 4064 */
+                s32 += s; /* |sum of 32| <= 4064 */
+                if (t == KILN_WTYPE_Q5_0) aux[b] = -16 * s32;
+                else if (t == KILN_WTYPE_Q4_1) xs[b] = d[b] * (float)s32;
+                else bs[b * 8 + k / 2] = (int16_t)s32;
             } else {
                 s32 = s;
             }
@@ -178,8 +235,8 @@ static void quantize_row(kiln_wtype t, const float *x, int64_t n, int8_t *q, flo
     }
 }
 
-static kact kact_alloc(int64_t n_x, int64_t n_in) {
-    kact a = {.n_in = n_in, .nsb = n_in / SB};
+static kact kact_alloc(kiln_wtype t, int64_t n_x, int64_t n_in) {
+    kact a = {.n_in = n_in, .nsb = n_in / unit(t)};
     size_t nq = (size_t)n_x * (size_t)n_in, nd = (size_t)n_x * (size_t)a.nsb, naux = nq / 16;
     KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
     size_t nq_al = (nq + 63) & ~(size_t)63, nd_al = (nd * 4 + 63) & ~(size_t)63;
@@ -201,11 +258,86 @@ static inline __m512i or_high(__m512i w, __m512i h, int sh, __m512i mask) {
     return _mm512_ternarylogic_epi32(w, s, mask, 0xf8);
 }
 
+/* Q4_1 / Q5_0: per (row, block) the int32 dot (Q5_0: started at -16 * the activation sum), then
+ * acc += float(dot) * (d_w * d_a) (Q4_1: and acc += m * d_a * the activation sum), blocks in order.
+ * Arguments as kq_tile. */
+static inline __attribute__((always_inline)) void lq_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
+                                                          size_t pb, size_t pf, const kact *a, int64_t c0,
+                                                          float *y, int64_t n_out, int64_t o0) {
+    const int64_t nb = a->nsb, n_in = a->n_in, naux = n_in / 16;
+    const size_t off_m = round64((size_t)nb * 32), off_q = lq_off_q(t, nb), off_h = lq_off_h(t, nb);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m10 = _mm512_set1_epi8(0x10);
+    const float *xs = (const float *)a->aux;
+    __m512 acc[2][Q_ROWS];
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < C; c++) acc[p][c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        #pragma GCC unroll 2
+        for (int p = 0; p < NP; p++) {
+            const uint8_t *P = panel + p * pb, *qv = P + off_q + (size_t)b * 256;
+            if (pf) {
+                #pragma GCC unroll 4
+                for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(qv + pf + 64 * l), _MM_HINT_T1);
+                if (t == KILN_WTYPE_Q5_0) _mm_prefetch((const char *)(P + off_h + (size_t)b * 64 + pf), _MM_HINT_T1);
+                if ((b & 1) == 0) {
+                    _mm_prefetch((const char *)(P + (size_t)b * 32 + pf), _MM_HINT_T1);
+                    if (t == KILN_WTYPE_Q4_1) _mm_prefetch((const char *)(P + off_m + (size_t)b * 32 + pf), _MM_HINT_T1);
+                }
+            }
+            __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(P + (size_t)b * 32)));
+            __m512 mw = _mm512_setzero_ps();
+            if (t == KILN_WTYPE_Q4_1) mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(P + off_m + (size_t)b * 32)));
+            __m512i wv[8];
+            #pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                __m512i V = _mm512_load_si512(qv + 64 * v);
+                wv[v] = _mm512_and_si512(V, m4);
+                wv[v + 4] = _mm512_and_si512(_mm512_srli_epi16(V, 4), m4);
+            }
+            if (t == KILN_WTYPE_Q5_0) {
+                __m512i H = _mm512_load_si512(P + off_h + (size_t)b * 64);
+                #pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) wv[k] = or_high(wv[k], H, 4 - k, m10);
+            }
+            #pragma GCC unroll 8
+            for (int c = 0; c < C; c++) {
+                int64_t r = c0 + c;
+                const int32_t *aq = (const int32_t *)(a->q + r * n_in + 32 * b);
+                __m512i s0 = t == KILN_WTYPE_Q5_0 ? _mm512_set1_epi32(a->aux[r * naux + b]) : _mm512_setzero_si512();
+                __m512i s1 = _mm512_setzero_si512();
+                #pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) {
+                    s0 = _mm512_dpbusd_epi32(s0, wv[v], _mm512_set1_epi32(aq[v]));
+                    if (C == 1) s1 = _mm512_dpbusd_epi32(s1, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
+                    else s0 = _mm512_dpbusd_epi32(s0, wv[v + 4], _mm512_set1_epi32(aq[v + 4]));
+                }
+                if (C == 1) s0 = _mm512_add_epi32(s0, s1);
+                __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
+                acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), sc, acc[p][c]);
+                if (t == KILN_WTYPE_Q4_1) acc[p][c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[r * naux + b]), acc[p][c]);
+            }
+        }
+    }
+    #pragma GCC unroll 2
+    for (int p = 0; p < NP; p++) {
+        int64_t o = o0 + p * PANEL;
+        __mmask16 m = (__mmask16)((1u << KILN_MIN(PANEL, n_out - o)) - 1);
+        #pragma GCC unroll 8
+        for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(y + (c0 + c) * n_out + o, m, acc[p][c]);
+    }
+}
+
 /* pf > 0: while reading a panel, prefetch into L2 the bytes pf further on (the next panels this
  * thread reads). */
 static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
                                                           size_t pb, size_t pf, const kact *a, int64_t c0,
                                                           float *y, int64_t n_out, int64_t o0) {
+    if (is_lq(t)) {
+        lq_tile(t, NP, C, panel, pb, pf, a, c0, y, n_out, o0);
+        return;
+    }
     const int64_t nsb = a->nsb, n_in = a->n_in, naux = n_in / 16;
     const size_t sbb = sb_bytes(t), nl = sbb / 64;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
@@ -357,6 +489,8 @@ static void kq_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, con
     switch (t) {
     case KILN_WTYPE_Q4_K: kq_panels_t(KILN_WTYPE_Q4_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
     case KILN_WTYPE_Q5_K: kq_panels_t(KILN_WTYPE_Q5_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
+    case KILN_WTYPE_Q4_1: kq_panels_t(KILN_WTYPE_Q4_1, panel, pb, np, a, c0, c1, y, n_out, o0); break;
+    case KILN_WTYPE_Q5_0: kq_panels_t(KILN_WTYPE_Q5_0, panel, pb, np, a, c0, c1, y, n_out, o0); break;
     default: kq_panels_t(KILN_WTYPE_Q6_K, panel, pb, np, a, c0, c1, y, n_out, o0); break;
     }
 }
@@ -423,7 +557,7 @@ static void part(void *ctx, int ith, int nth) {
 
 void kiln_kquant_avx512_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const void *w, size_t row_bytes,
                                int64_t n_in, const float *x, int64_t n_x, int n_threads) {
-    KILN_ASSERT(is_kq(t) && n_mats >= 1 && n_mats <= MAX_MATS && n_in > 0 && n_in % SB == 0);
+    KILN_ASSERT((is_kq(t) || is_lq(t)) && n_mats >= 1 && n_mats <= MAX_MATS && n_in > 0 && n_in % unit(t) == 0);
     KILN_ASSERT(!w || n_mats == 1);
     if (n_x <= 0) return;
     kjob j = {.t = t, .n_mats = n_mats, .w = w, .row_bytes = row_bytes, .n_in = n_in, .n_x = n_x, .x = x};
@@ -440,7 +574,7 @@ void kiln_kquant_avx512_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, 
     atomic_init(&j.next, 0);
     /* small products run on the calling thread: waking the team costs more than they do */
     int nt = work >= 65536.0 ? n_threads : 1;
-    j.a = kact_alloc(n_x, n_in);
+    j.a = kact_alloc(t, n_x, n_in);
     if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, quant_part, &j);
     else quant_part(&j, 0, 1);
     kiln_pool_run(nt, part, &j);

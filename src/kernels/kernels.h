@@ -220,8 +220,8 @@ void kiln_kquant_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_o
 void kiln_kquant_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
                                int64_t n_x, int n_threads);
 /* avx512_kq.c (compiled with AVX-512 F/BW/DQ/VL/VNNI/BF16; kquants.c calls these only after its CPU
- * check): Q4_K / Q5_K / Q6_K in packed 16-row panels. pack_bytes / pack as above (0: not Q4_K,
- * Q5_K, Q6_K or n_in not a multiple of 256). matmul multiplies n_mats packed matrices (w NULL), or
+ * check): the five types in packed 16-row panels. pack_bytes / pack as above (0: n_in not a
+ * multiple of the block, 256 for the K-quants). matmul multiplies n_mats packed matrices (w NULL), or
  * the raw w (row stride row_bytes; then n_mats == 1 and mats[0].packed is ignored) packed one panel
  * at a time into a per-thread scratch, by x (n_x, n_in): bit-identical results either way. */
 size_t kiln_kquant_avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in);

@@ -3,7 +3,7 @@
  * checked against ggml's dequantize_row_* semantics) and a matmul that dequantizes one block at a
  * time into a stack buffer and dots it with every activation row (an AVX2+FMA build of that loop
  * runs when the CPU has it), or, with AVX2, an integer path over int8-quantized activations; on
- * AVX-512 + VNNI CPUs Q4_K / Q5_K / Q6_K go to avx512_kq.c's panels instead (packed at load by the
+ * AVX-512 + VNNI CPUs all five types go to avx512_kq.c's panels instead (packed at load by the
  * model, or one panel at a time here), so packed and raw products are bit-identical.
  * Reentrant; the matmul splits output rows over the compute team (pool.h). Heap only for the
  * quantized activations of prompt-sized batches. */
@@ -461,7 +461,8 @@ static void pick_rows(void) {
 #endif
 }
 
-static bool is_k(kiln_wtype t) { return t == KILN_WTYPE_Q4_K || t == KILN_WTYPE_Q5_K || t == KILN_WTYPE_Q6_K; }
+/* True when avx512_kq.c multiplies rows of n_in elements of type t on this CPU. */
+static bool use_kq512(kiln_wtype t, int64_t n_in) { return kq512 && kiln_kquant_avx512_pack_bytes(t, 1, n_in) > 0; }
 
 typedef struct int_job {
     int_rows_fn f;
@@ -541,7 +542,7 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     KILN_ASSERT(kiln_kquant_handles(t) && kiln_wtype_block(t, &be, &bb));
     KILN_ASSERT(n_in % (int64_t)be == 0 && CHUNK % be == 0);
     pthread_once(&rows_once, pick_rows);
-    if (kq512 && is_k(t) && n_in % KILN_QK_K == 0 && n_in > 0) {
+    if (use_kq512(t, n_in)) {
         if (n_out > 0) {
             kiln_pmat m = {NULL, n_out, y};
             kiln_kquant_avx512_matmul(t, &m, 1, w, row_bytes, n_in, x, n_x, n_threads);
@@ -557,12 +558,12 @@ void kiln_kquant_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
     kiln_pool_run(par ? nt : 1, float_part, &j);
 }
 
-/* ---- packed layout: avx512_kq.c's panels for Q4_K / Q5_K / Q6_K on AVX-512 + VNNI CPUs (none
- * elsewhere, nor for Q4_1 / Q5_0: pack_bytes 0, the model multiplies those in place) ---- */
+/* ---- packed layout: avx512_kq.c's panels on AVX-512 + VNNI CPUs (none elsewhere: pack_bytes 0,
+ * the model multiplies the raw rows) ---- */
 
 size_t kiln_kquant_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
     pthread_once(&rows_once, pick_rows);
-    return kq512 && is_k(t) ? kiln_kquant_avx512_pack_bytes(t, n_out, n_in) : 0;
+    return use_kq512(t, n_in) ? kiln_kquant_avx512_pack_bytes(t, n_out, n_in) : 0;
 }
 
 void kiln_kquant_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,

@@ -164,10 +164,14 @@ static void batch_invariant(void) {
 }
 
 /* y (n_x, n_out) against sum(dequant(w) * x) in double, with matmul_vs_double's integer-path
- * tolerance (activations rounded to int8 per 256). Returns the number of mismatches. */
+ * tolerance (activations rounded to int8 per 256 for the K-quants, per 32 for Q4_1 / Q5_0).
+ * Returns the number of mismatches. */
 static int check_vs_double(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_out, int64_t n_in, const float *x,
                            int64_t n_x, const float *y, const char *what) {
     float *wf = malloc(sizeof(float) * (size_t)n_in);
+    size_t be = 0;
+    kiln_wtype_block(t, &be, NULL);
+    int64_t ab = (int64_t)be;
     int n_bad = 0;
     for (int64_t o = 0; o < n_out; o++) {
         kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
@@ -177,9 +181,9 @@ static int check_vs_double(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_
                 s += (double)wf[i] * x[q * n_in + i];
                 m += fabs((double)wf[i] * x[q * n_in + i]);
             }
-            for (int64_t g = 0; g < n_in / 256; g++) {
+            for (int64_t g = 0; g < n_in / ab; g++) {
                 double amax = 0, wsum = 0;
-                for (int64_t i = 256 * g; i < 256 * g + 256; i++) {
+                for (int64_t i = ab * g; i < ab * g + ab; i++) {
                     amax = fmax(amax, fabs(x[q * n_in + i]));
                     wsum += fabs(wf[i]);
                 }
@@ -215,18 +219,22 @@ static void packed_equals_raw(void) {
     kiln_rng_seed(&r, 11);
     if (!kiln_kquant_pack_bytes(KILN_WTYPE_Q4_K, 16, 256)) {
         printf("packed_equals_raw: no packed K-quant layout on this CPU (or KILN_KQUANT_NO_VNNI=1)\n");
-        for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, 512), 0);
+        for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) CHECK_EQ_INT(kiln_kquant_pack_bytes(TYPES[ti], 64, 512), 0);
         return;
     }
+    /* n_in in blocks: 256 elements for the K-quants, 32 for Q4_1 / Q5_0 (18 x 32 = 576, a
+     * 135M-class model's width) */
     static const struct {
         int n_mats;
-        int64_t n_in, n_outs[3];
-    } shapes[] = {{3, 256, {1, 17, 45}}, {2, 768, {33, 16}}, {3, 512, {47, 2, 31}}, {1, 2816, {23, 0, 0}}};
-    for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
-        kiln_wtype t = K_TYPES[ti];
+        int64_t n_blocks, n_outs[3];
+    } shapes[] = {{3, 1, {1, 17, 45}}, {2, 3, {33, 16}}, {3, 18, {47, 2, 31}}, {1, 11, {23, 0, 0}}};
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
+        kiln_wtype t = TYPES[ti];
+        size_t be = 0;
+        kiln_wtype_block(t, &be, NULL);
         for (size_t si = 0; si < KILN_ARRAY_LEN(shapes); si++) {
             int nm = shapes[si].n_mats;
-            int64_t n_in = shapes[si].n_in, max_x = 24;
+            int64_t n_in = shapes[si].n_blocks * (int64_t)be, max_x = 24;
             uint8_t *w[3];
             void *pk[3];
             size_t rb = 0;
@@ -269,8 +277,8 @@ static void packed_equals_raw(void) {
 static void packed_batch_invariant(void) {
     kiln_rng r;
     kiln_rng_seed(&r, 13);
-    for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
-        kiln_wtype t = K_TYPES[ti];
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
+        kiln_wtype t = TYPES[ti];
         int64_t n_out = 61, n_in = 1024, n_x = 24;
         size_t rb;
         uint8_t *w = random_weights(t, n_out, n_in, &r, &rb);
@@ -296,11 +304,14 @@ static void packed_batch_invariant(void) {
     }
 }
 
-/* No packed layout for the legacy types or for rows that are not whole super-blocks. */
+/* No packed layout for rows that are not whole blocks (super-blocks for the K-quants), or for
+ * absurd shapes. */
 static void pack_bytes_shapes(void) {
-    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q4_1, 64, 512), 0);
-    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q5_0, 64, 512), 0);
+    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q4_1, 64, 500), 0);
+    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q5_0, 64, 48), 0);
+    CHECK_EQ_INT(kiln_kquant_pack_bytes(KILN_WTYPE_Q5_0, 64, (int64_t)1 << 62), 0);
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(K_TYPES); ti++) {
+        CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, 288), 0);
         CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, 0), 0);
         CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 0, 256), 0);
         CHECK_EQ_INT(kiln_kquant_pack_bytes(K_TYPES[ti], 64, -256), 0);
