@@ -1,10 +1,12 @@
-/* avx512_kq.c: Q4_K / Q5_K / Q6_K matmuls for CPUs with AVX-512 F/BW/DQ/VL + VNNI (+ BF16: the
- * flags this file is compiled with), over packed panels of 16 output rows made once at load, or
- * one panel at a time into a per-thread scratch for raw weights: the same tiles, so packed and raw
- * give bit-identical results. Activations are quantized per 256 to int8 (scale amax / 127, ggml's
- * Q8_K); per (activation row, sub-block) the int32 dot is exact (vpdpbusd) and acc += float(dot) *
- * (d * sc * d_a) with one FMA, then per super-block the mins term: every row sees the same ops
- * whatever the batch. Call only through kquants.c, which checks the CPU first. Reentrant. */
+/* avx512_kq.c: Q4_K / Q5_K / Q6_K (and Q4_1 / Q5_0) matmuls for CPUs with AVX-512 F/BW/DQ/VL + VNNI
+ * (+ BF16: the flags this file is compiled with), over packed panels of 16 output rows made once
+ * at load, or one panel at a time into a per-thread scratch for raw weights: the same tiles, so
+ * packed and raw give bit-identical results. Activations are quantized to int8 with scale
+ * amax / 127 per 256 (K-quants, ggml's Q8_K) or per 32 (Q4_1 / Q5_0); every dot of a sub-block
+ * or block is exact in int32 (vpdpbusd), then float: K-quants part += float(dot) * (d * sc) per
+ * sub-block, minus dmin * the mins term, and acc += part * d_a per super-block; Q4_1 / Q5_0
+ * acc += float(dot) * (d * d_a) per block. Every row sees the same ops whatever the batch.
+ * Call only through kquants.c, which checks the CPU first. Reentrant. */
 #include "kernels/kernels.h"
 #include "kernels/pool.h"
 
