@@ -1,12 +1,12 @@
 /* forward.c: the batched forward pass. Rows from any number of sequences go through each layer
  * together: projections are one matmul over all rows; each row's K/V is written into its
- * sequence's paged cache slot, then each (row, KV head) attends over positions 0..pos of its own
- * sequence through the block table, the n_head / n_head_kv query heads that share the KV head
- * together (GQA), so each K/V chunk is read once for all of them.
- * A row's result never depends on the other rows of the batch (batching invariance).
- * Thread: the engine thread, one call at a time per model; per-row work (RoPE, K/V stores,
- * attention) and the matmuls run on the compute team (kernels/pool.h). No allocation once the
- * scratch has grown to the largest batch. */
+ * sequence's paged cache slot, then each group of consecutive rows of one sequence attends, per
+ * KV head, over positions 0..pos of each row through the block table: the group's rows times the
+ * n_head / n_head_kv query heads sharing the KV head (GQA) go through each K/V chunk together.
+ * A row's result never depends on the other rows of the batch nor on the grouping (batching
+ * invariance, bit for bit). Thread: the engine thread, one call at a time per model; per-row work
+ * (norms, RoPE, K/V stores, attention, SiLU) and the matmuls run on the compute team
+ * (kernels/pool.h). No allocation once the scratch has grown to the largest batch. */
 #include "model/internal.h"
 
 #include "kernels/pool.h"
