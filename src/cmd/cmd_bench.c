@@ -117,8 +117,10 @@ __attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, in
     __m512i w = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
     __m512i c[12];
     for (int i = 0; i < 12; i++) c[i] = _mm512_set1_epi32(seed + i);
-    for (long it = 0; it < iters; it++)
-        for (int i = 0; i < 12; i++) c[i] = _mm512_dpbusd_epi32(c[i], w, x);
+    for (long it = 0; it < iters; it++) {
+        #pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) c[i] = _mm512_dpbusd_epi32(c[i], w, x); /* unrolled: c in registers */
+    }
     __m512i s = c[0];
     for (int i = 1; i < 12; i++) s = _mm512_xor_si512(s, c[i]); /* keeps the chains live, cannot overflow */
     return _mm_cvtsi128_si32(_mm512_castsi512_si128(s));
@@ -162,26 +164,37 @@ static double measure_bandwidth(int nt, size_t bytes) {
     return best;
 }
 
+#ifdef HAVE_AVX2_BENCH
+/* One thread's share of a peak measurement: runs a loop of `iters` iterations, returns a value
+ * that keeps its results live. */
+static int peak_fma(long iters, int seed) { return fma_loop(iters, (float)seed) > 0; }
+
+/* Best of 3 passes of loop on every thread: ops_per_iter * iters * nt / seconds. */
+static double measure_peak(int nt, int (*loop)(long, int), double ops_per_iter) {
+    const long iters = 10 * 1000 * 1000;
+    double best = 0;
+    volatile int sink = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        int s = 0;
+        double t0 = kiln_now_s();
+#pragma omp parallel num_threads(nt) reduction(^ : s)
+        s ^= loop(iters, omp_get_thread_num());
+        double dt = kiln_now_s() - t0;
+        sink ^= s;
+        double f = ops_per_iter * (double)iters * nt / dt;
+        if (f > best) best = f;
+    }
+    (void)sink;
+    return best;
+}
+#endif
+
 /* FP32 FMA FLOP/s with every thread (0 when the CPU has no AVX2+FMA). */
 static double measure_fma_peak(int nt) {
 #ifdef HAVE_AVX2_BENCH
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
-    const long iters = 10 * 1000 * 1000;
-    double best = 0;
-    volatile float sink = 0;
-    for (int pass = 0; pass < 3; pass++) {
-        float s = 0;
-        double t0 = kiln_now_s();
-#pragma omp parallel num_threads(nt) reduction(+ : s)
-        s += fma_loop(iters, (float)omp_get_thread_num());
-        double dt = kiln_now_s() - t0;
-        sink += s;
-        double f = (double)iters * 12 * 16 * nt / dt;
-        if (f > best) best = f;
-    }
-    (void)sink;
-    return best;
+    return measure_peak(nt, peak_fma, 12 * 16);
 #else
     (void)nt;
     return 0;
@@ -194,21 +207,7 @@ static double measure_int8_peak(int nt) {
 #ifdef HAVE_AVX2_BENCH
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vnni")) return 0;
-    const long iters = 10 * 1000 * 1000;
-    double best = 0;
-    volatile int sink = 0;
-    for (int pass = 0; pass < 3; pass++) {
-        int s = 0;
-        double t0 = kiln_now_s();
-#pragma omp parallel num_threads(nt) reduction(^ : s)
-        s ^= dot_loop(iters, omp_get_thread_num());
-        double dt = kiln_now_s() - t0;
-        sink ^= s;
-        double f = (double)iters * 12 * 64 * 2 * nt / dt;
-        if (f > best) best = f;
-    }
-    (void)sink;
-    return best;
+    return measure_peak(nt, dot_loop, 12 * 64 * 2);
 #else
     (void)nt;
     return 0;
