@@ -126,7 +126,13 @@ static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
 
 /* Activation rows per Q tile. */
 #define Q_ROWS 16
-#define Q_PF_BYTES 20480
+
+/* _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(*a)) with the broadcast folded into the
+ * instruction (m32{1to16}): GCC emits a separate vpbroadcastd for the intrinsic form. */
+static inline __m512i dpbusd_b(__m512i acc, __m512i w, const int32_t *a) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*a));
+    return acc;
+}
 
 /* ---- Q8_0 / Q4_0 tile: NP panels x C activation rows ----
  * Per (row, block): the exact int32 dot (vpdpbusd, in any order) plus the correction, then
@@ -149,10 +155,12 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             const uint8_t *pp = panel + p * pb;
             __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pp + (size_t)b * 32)));
             const uint8_t *q = pp + q_off + (size_t)b * qb;
-            if (Q_PF_BYTES > 0) {
-                #pragma GCC unroll 8
-                for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + Q_PF_BYTES + i), _MM_HINT_T1);
-            }
+            /* prefetch into L2 the same block of the next panel(s): decode reads a pair of panels side
+             * by side, so the next pair is NP panels on (a fixed distance near one panel's size
+             * would land inside the pair being read) */
+            #pragma GCC unroll 8
+            for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + NP * pb + i), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pp + NP * pb + (size_t)b * 32), _MM_HINT_T1);
             __m512i wv[8];
             if (t == KILN_WTYPE_Q4_0) {
                 #pragma GCC unroll 4
@@ -172,8 +180,8 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
                 __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]), s1 = _mm512_setzero_si512();
                 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++) {
-                    s0 = _mm512_dpbusd_epi32(s0, wv[j], _mm512_set1_epi32(aq[j]));
-                    s1 = _mm512_dpbusd_epi32(s1, wv[j + 4], _mm512_set1_epi32(aq[j + 4]));
+                    s0 = dpbusd_b(s0, wv[j], aq + j);
+                    s1 = dpbusd_b(s1, wv[j + 4], aq + j + 4);
                 }
                 __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
                 acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), sc, acc[p][c]);
