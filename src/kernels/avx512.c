@@ -177,14 +177,13 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             for (int c = 0; c < C; c++) {
                 int64_t r = c0 + c;
                 const int32_t *aq = (const int32_t *)(a->q + (r * nb + b) * 32);
-                __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]), s1 = _mm512_setzero_si512();
-                #pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    s0 = dpbusd_b(s0, wv[j], aq + j);
-                    s1 = dpbusd_b(s1, wv[j + 4], aq + j + 4);
-                }
+                /* one chain from the correction: the int32 sum is exact in any order, and rows of
+                 * the tile are independent chains (no add of two partial sums) */
+                __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]);
+                #pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) s0 = dpbusd_b(s0, wv[j], aq + j);
                 __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[r * nb + b]));
-                acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), sc, acc[p][c]);
+                acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), sc, acc[p][c]);
             }
         }
     }
