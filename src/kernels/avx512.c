@@ -96,32 +96,39 @@ static size_t panel_bytes(kiln_wtype t, int64_t n_in) {
 /* Panel p of w (rows 16p .. 16p + 15) into dst (panel_bytes). */
 static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, int64_t p,
                        uint8_t *dst) {
-    memset(dst, 0, panel_bytes(t, n_in));
-    for (int r = 0; r < PANEL; r++) {
-        int64_t o = p * PANEL + r;
-        if (o >= n_out) break;
-        const uint8_t *row = (const uint8_t *)w + (size_t)o * row_bytes;
-        if (is_q(t)) {
-            int64_t nb = n_in / 32;
-            int qv = t == KILN_WTYPE_Q4_0 ? 4 : 8;
-            size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
-            uint16_t *sc = (uint16_t *)dst;
-            uint8_t *q = dst + round64((size_t)nb * 32);
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *bl = row + (size_t)b * bb;
-                memcpy(&sc[b * PANEL + r], bl, 2);
-                const uint8_t *qs = bl + 2;
-                for (int j = 0; j < qv; j++) {
-                    uint8_t *o4 = q + ((size_t)b * qv + j) * 64 + 4 * r;
-                    for (int i = 0; i < 4; i++)
-                        o4[i] = t == KILN_WTYPE_Q8_0 ? (uint8_t)(qs[4 * j + i] ^ 0x80) : qs[4 * j + i];
-                }
-            }
+    const int n_rows = (int)KILN_MIN(PANEL, n_out - p * PANEL);
+    if (n_rows < PANEL) memset(dst, 0, panel_bytes(t, n_in)); /* zero rows pad the last panel */
+    const uint8_t *rows[PANEL];
+    for (int r = 0; r < n_rows; r++) rows[r] = (const uint8_t *)w + (size_t)(p * PANEL + r) * row_bytes;
+    if (!is_q(t)) {
+        /* element k of the 16 rows side by side: sequential writes, 16 sequential reads */
+        if (t == KILN_WTYPE_F32) {
+            float *d = (float *)dst;
+            for (int64_t k = 0; k < n_in; k++)
+                for (int r = 0; r < n_rows; r++) d[k * PANEL + r] = ((const float *)rows[r])[k];
         } else {
-            size_t es = elem_bytes(t);
-            for (int64_t k = 0; k < n_in; k++) memcpy(dst + ((size_t)k * PANEL + r) * es, row + (size_t)k * es, es);
+            uint16_t *d = (uint16_t *)dst;
+            for (int64_t k = 0; k < n_in; k++)
+                for (int r = 0; r < n_rows; r++) d[k * PANEL + r] = ((const uint16_t *)rows[r])[k];
         }
+        return;
     }
+    const int64_t nb = n_in / 32;
+    const int qv = t == KILN_WTYPE_Q4_0 ? 4 : 8;
+    const size_t bb = t == KILN_WTYPE_Q4_0 ? sizeof(kiln_block_q4_0) : sizeof(kiln_block_q8_0);
+    const uint32_t flip = t == KILN_WTYPE_Q8_0 ? 0x80808080u : 0; /* Q8_0 stored + 128 */
+    uint16_t *sc = (uint16_t *)dst;
+    uint32_t *q = (uint32_t *)(dst + round64((size_t)nb * 32));
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < n_rows; r++) {
+            const uint8_t *bl = rows[r] + (size_t)b * bb;
+            memcpy(&sc[b * PANEL + r], bl, 2);
+            for (int j = 0; j < qv; j++) {
+                uint32_t v;
+                memcpy(&v, bl + 2 + 4 * j, 4);
+                q[((size_t)b * qv + j) * PANEL + r] = v ^ flip;
+            }
+        }
 }
 
 /* Activation rows per Q tile. */
