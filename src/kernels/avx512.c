@@ -394,7 +394,7 @@ static void m_item(const mjob *j, int64_t it) {
 static void m_part(void *ctx, int ith, int nth) {
     mjob *j = ctx;
     int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk(n_items, nth);
+    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
     while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
         for (int64_t it = lo; it < hi; it++) m_item(j, it);
 }

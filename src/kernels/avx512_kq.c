@@ -560,7 +560,7 @@ static void item(const kjob *j, int64_t it) {
 static void part(void *ctx, int ith, int nth) {
     kjob *j = ctx;
     int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk(n_items, nth);
+    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
     while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
         for (int64_t it = lo; it < hi; it++) item(j, it);
 }

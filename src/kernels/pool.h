@@ -55,7 +55,20 @@ static inline int64_t kiln_pool_chunk(int64_t n, int nth) {
  * packed weight panels (made by each member inside a job). */
 enum { KILN_SCRATCH_ACT = 0, KILN_SCRATCH_PANELS = 1, KILN_SCRATCH_SLOTS = 2 };
 
-/* A 64-byte-aligned thread-private buffer of at least n bytes in the given slot (grown on demand,
+/* Weight bytes per take of a streaming (matrix-vector) job: members then finish within about this
+ * much streaming of each other, while each take is still a long sequential read. */
+#define KILN_TAKE_BYTES ((size_t)256 << 10)
+
+/* A chunk size for n items of item_bytes streamed bytes each: about KILN_TAKE_BYTES per take, and
+ * no more than kiln_pool_chunk's. */
+static inline int64_t kiln_pool_chunk_bytes(int64_t n, int nth, size_t item_bytes) {
+    int64_t c = kiln_pool_chunk(n, nth);
+    int64_t b = item_bytes > 0 ? (int64_t)(KILN_TAKE_BYTES / item_bytes) : c;
+    if (b < 1) b = 1;
+    return b < c ? b : c;
+}
+
+/* Per-thread scratch slots buffer of at least n bytes in the given slot (grown on demand,
  * freed at thread exit), valid until this thread's next call for the same slot; shared by the
  * per-ISA kernel tables. Aborts when the allocation fails (matmul has no error path; the sizes
  * are those of the activations and of two weight panels). */
