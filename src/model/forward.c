@@ -111,6 +111,10 @@ static kiln_err validate(const kiln_model *m, const kiln_kv *kv, const kiln_batc
 
 /* ys[i] (n_x, ws[i]->n_out) = x (n_x, n_in) @ ws[i]^T for n (<= 4) matrices sharing the input: one
  * packed job when they all have packed copies of one type, else one matmul each. */
+/* Attention work (query-key products over the batch) from which the team shares it: below, one
+ * thread is cheaper than waking the team (a decode row up to ~64 cached positions at 32 x 64). */
+#define ATT_TEAM_WORK ((int64_t)1 << 17)
+
 static void mat_mul_n(const kiln_kernels *k, const kiln_mat *const *ws, float *const *ys, int n, const float *x,
                       int64_t n_x, int nt) {
     bool together = true;
@@ -337,9 +341,9 @@ kiln_err kiln_model_forward(kiln_model *m, kiln_kv *kv, const kiln_batch *batch,
         /* Every row's K/V is in the cache now; rows of one sequence see each other causally.
          * Short contexts are cheaper on one thread. */
         int64_t work = 0;
-        for (int32_t r = 0; r < n && work < 8192; r++) work += (int64_t)(rows[r].pos + 1) * n_head * hd;
+        for (int32_t r = 0; r < n && work < ATT_TEAM_WORK; r++) work += (int64_t)(rows[r].pos + 1) * n_head * hd;
         atomic_store(&job.next, 0);
-        kiln_pool_run(work >= 8192 ? nt : 1, attend_part, &job);
+        kiln_pool_run(work >= ATT_TEAM_WORK ? nt : 1, attend_part, &job);
         mat_mul(k, &ly->wo, s->att, n, s->tmp, nt);
 
         /* feed-forward block (SwiGLU) */
