@@ -7,6 +7,7 @@
  * Reentrant; matmuls split output rows over the compute team (pool.h); per-thread scratch grows,
  * never shrinks. */
 #include "kernels/kernels.h"
+#include "kernels/panels.h"
 #include "kernels/pool.h"
 
 #include <immintrin.h>
@@ -71,7 +72,7 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
  * The raw-layout matmul packs one panel at a time into a per-thread buffer and runs the same
  * tiles, so packed and raw weights give bit-identical results. */
 
-#define PANEL 16
+#define PANEL KILN_PANEL_ROWS
 
 static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -347,95 +348,53 @@ static void f_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, int6
     }
 }
 
-/* ---- the matmul job: several matrices sharing one input; work items are (block of activation
- * rows, matrix, pair of panels) ---- */
+/* ---- the matmul job (panels.h): several matrices sharing one input ---- */
 
-/* Activation rows per work item: a block's activations stay in L2 while the panels stream. */
-#define ROW_BLOCK 64
 /* Activation rows from which quantizing them is split across the team. */
 #define QUANT_PAR_ROWS 16
-/* Matrices one job multiplies at most. */
-#define MAX_MATS 4
 
 typedef struct mjob {
     kiln_wtype t;
-    int n_mats;
-    kiln_pmat mats[MAX_MATS];
-    int64_t first_pair[MAX_MATS + 1]; /* prefix sums of each matrix's panel pairs */
-    const void *w;             /* raw rows of mats[0] when its packed is NULL: pack on the fly */
+    const void *w;             /* raw rows (when packed on the fly) */
     size_t row_bytes;
-    int64_t n_in, n_x;
+    int64_t n_in;
     const float *x;
-    size_t pb;                 /* panel bytes */
-    int64_t n_row_blocks;
     qact a;                    /* quantized activations (Q types) */
-    _Atomic int64_t next;      /* work-sharing counter */
+    kiln_panel_job pj;
 } mjob;
 
 static void m_quant_part(void *ctx, int ith, int nth) {
     mjob *j = ctx;
     int32_t off = j->t == KILN_WTYPE_Q4_0 ? 8 : 128;
     int64_t lo, hi;
-    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
+    kiln_pool_range(j->pj.n_x, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++)
         quantize_row(j->x + r * j->n_in, j->n_in, off, j->a.q + r * j->n_in, j->a.d + r * j->a.nb,
                      j->a.corr + r * j->a.nb);
 }
 
-/* Panels p .. p + np - 1 of matrix mi: in place, or (raw weights) packed into this thread's panel
- * scratch. */
-static const uint8_t *panels_of(const mjob *j, int mi, int64_t p, int np) {
-    if (j->mats[mi].packed) return (const uint8_t *)j->mats[mi].packed + (size_t)p * j->pb;
-    uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);
-    for (int i = 0; i < np; i++)
-        pack_panel(j->t, j->w, j->row_bytes, j->mats[mi].n_out, j->n_in, p + i, buf + (size_t)i * j->pb);
-    return buf;
+static void m_pack(const kiln_panel_job *pj, int64_t n_out, int64_t p, uint8_t *dst) {
+    const mjob *j = pj->ctx;
+    pack_panel(j->t, j->w, j->row_bytes, n_out, j->n_in, p, dst);
 }
 
-static void m_item(const mjob *j, int64_t it) {
-    const int64_t n_pairs = j->first_pair[j->n_mats];
-    int64_t rb = it / n_pairs, pi = it % n_pairs;
-    int mi = 0;
-    while (pi >= j->first_pair[mi + 1]) mi++;
-    const kiln_pmat *M = &j->mats[mi];
-    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + PANEL - 1) / PANEL;
-    int np = (int)KILN_MIN(2, n_panels - p);
-    int64_t c0 = rb * ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + ROW_BLOCK);
-    const uint8_t *panel = panels_of(j, mi, p, np);
-    if (is_q(j->t)) {
-        q_panels(j->t, panel, j->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
-    } else {
-        f_panels(j->t, panel, j->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
-    }
-}
-
-static void m_part(void *ctx, int ith, int nth) {
-    mjob *j = ctx;
-    int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
-    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
-        for (int64_t it = lo; it < hi; it++) m_item(j, it);
+static void m_run(const kiln_panel_job *pj, int mi, const uint8_t *panels, int64_t p, int np, int64_t c0,
+                  int64_t c1) {
+    const mjob *j = pj->ctx;
+    const kiln_pmat *M = &pj->mats[mi];
+    if (is_q(j->t)) q_panels(j->t, panels, pj->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
+    else f_panels(j->t, panels, pj->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
 }
 
 /* mats (all packed, or one raw matrix w) @ x. */
 static void run_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const void *w, size_t row_bytes,
                        int64_t n_in, const float *x, int64_t n_x, int n_threads) {
-    KILN_ASSERT(packable(t) && n_mats >= 1 && n_mats <= MAX_MATS);
+    KILN_ASSERT(packable(t));
     if (is_q(t)) KILN_ASSERT(n_in % 32 == 0);
     if (n_x <= 0) return;
-    mjob j = {.t = t, .n_mats = n_mats, .w = w, .row_bytes = row_bytes, .n_in = n_in, .n_x = n_x, .x = x,
-              .pb = panel_bytes(t, n_in)};
-    double work = 0;
-    for (int i = 0; i < n_mats; i++) {
-        j.mats[i] = mats[i];
-        j.first_pair[i + 1] = j.first_pair[i] + ((mats[i].n_out + PANEL - 1) / PANEL + 1) / 2;
-        work += (double)mats[i].n_out * (double)n_in * (double)n_x;
-    }
-    if (j.first_pair[n_mats] == 0) return;
-    /* Raw weights: one row block, so that each panel is packed once for all activation rows. */
-    j.n_row_blocks = w ? 1 : (n_x + ROW_BLOCK - 1) / ROW_BLOCK;
-    if (w) KILN_ASSERT(n_mats == 1);
-    atomic_init(&j.next, 0);
+    mjob j = {.t = t, .w = w, .row_bytes = row_bytes, .n_in = n_in, .x = x};
+    double work = kiln_panel_job_init(&j.pj, mats, n_mats, n_in, n_x, panel_bytes(t, n_in), m_run, w ? m_pack : NULL,
+                                      &j);
     /* Small products run on the calling thread: waking the team costs more than they do. */
     int nt = work >= 65536.0 ? n_threads : 1;
     if (is_q(t)) {
@@ -443,7 +402,7 @@ static void run_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const vo
         if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, m_quant_part, &j);
         else m_quant_part(&j, 0, 1);
     }
-    kiln_pool_run(nt, m_part, &j);
+    kiln_pool_run(nt, kiln_panel_job_part, &j.pj);
 }
 
 static void avx512_matmul(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in,

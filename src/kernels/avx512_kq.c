@@ -8,6 +8,7 @@
  * acc += float(dot) * (d * d_a) per block. Every row sees the same ops whatever the batch.
  * Call only through kquants.c, which checks the CPU first. Reentrant. */
 #include "kernels/kernels.h"
+#include "kernels/panels.h"
 #include "kernels/pool.h"
 
 #include <immintrin.h>
@@ -34,7 +35,7 @@
  * byte i bit k = fifth bit of element 4k + i. Size: raw + at most 64 bytes per region.
  * Decode is memory-bound, so the packed size stays within 3% of the raw one. */
 
-#define PANEL 16
+#define PANEL KILN_PANEL_ROWS
 #define SB KILN_QK_K
 #define OFF_SC 64
 #define OFF_M 192
@@ -505,89 +506,56 @@ static void kq_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, con
     }
 }
 
-/* ---- the job: several matrices sharing one input; work items are (block of activation rows,
- * matrix, pair of panels), as in avx512.c ---- */
+/* ---- the job (panels.h): several matrices sharing one input ---- */
 
-/* Activation rows per work item (a block's activations stay in L2 while the panels stream). */
-#define ROW_BLOCK 64
+/* Activation rows from which quantizing them is split across the team. */
 #define QUANT_PAR_ROWS 16
-#define MAX_MATS 4
 
 typedef struct kjob {
     kiln_wtype t;
-    int n_mats;
-    kiln_pmat mats[MAX_MATS];
-    int64_t first_pair[MAX_MATS + 1]; /* prefix sums of each matrix's panel pairs */
-    const void *w;                    /* raw rows of mats[0] when its packed is NULL: pack on the fly */
+    const void *w;                    /* raw rows (when packed on the fly) */
     size_t row_bytes;
-    int64_t n_in, n_x;
+    int64_t n_in;
     const float *x;
-    size_t pb;                        /* panel bytes */
-    int64_t n_row_blocks;
     kact a;
-    _Atomic int64_t next;             /* work-sharing counter */
+    kiln_panel_job pj;
 } kjob;
 
 static void quant_part(void *ctx, int ith, int nth) {
     kjob *j = ctx;
     int64_t lo, hi;
-    kiln_pool_range(j->n_x, ith, nth, &lo, &hi);
+    kiln_pool_range(j->pj.n_x, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++)
         quantize_row(j->t, j->x + r * j->n_in, j->n_in, j->a.q + r * j->n_in, j->a.d + r * j->a.nsb,
                      j->a.aux + r * (j->n_in / 16));
 }
 
-static const uint8_t *panels_of(const kjob *j, int mi, int64_t p, int np) {
-    if (j->mats[mi].packed) return (const uint8_t *)j->mats[mi].packed + (size_t)p * j->pb;
-    uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);
-    for (int i = 0; i < np; i++)
-        pack_panel(j->t, j->w, j->row_bytes, j->mats[mi].n_out, j->n_in, p + i, j->pb, buf + (size_t)i * j->pb);
-    return buf;
+static void k_pack(const kiln_panel_job *pj, int64_t n_out, int64_t p, uint8_t *dst) {
+    const kjob *j = pj->ctx;
+    pack_panel(j->t, j->w, j->row_bytes, n_out, j->n_in, p, pj->pb, dst);
 }
 
-static void item(const kjob *j, int64_t it) {
-    const int64_t n_pairs = j->first_pair[j->n_mats];
-    int64_t rb = it / n_pairs, pi = it % n_pairs;
-    int mi = 0;
-    while (pi >= j->first_pair[mi + 1]) mi++;
-    const kiln_pmat *M = &j->mats[mi];
-    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + PANEL - 1) / PANEL;
-    int np = (int)KILN_MIN(2, n_panels - p);
-    int64_t c0 = rb * ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + ROW_BLOCK);
-    kq_panels(j->t, panels_of(j, mi, p, np), j->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
-}
-
-static void part(void *ctx, int ith, int nth) {
-    kjob *j = ctx;
-    int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
-    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
-        for (int64_t it = lo; it < hi; it++) item(j, it);
+static void k_run(const kiln_panel_job *pj, int mi, const uint8_t *panels, int64_t p, int np, int64_t c0,
+                  int64_t c1) {
+    const kjob *j = pj->ctx;
+    const kiln_pmat *M = &pj->mats[mi];
+    kq_panels(j->t, panels, pj->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
 }
 
 void kiln_kquant_avx512_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const void *w, size_t row_bytes,
                                int64_t n_in, const float *x, int64_t n_x, int n_threads) {
-    KILN_ASSERT((is_kq(t) || is_lq(t)) && n_mats >= 1 && n_mats <= MAX_MATS && n_in > 0 && n_in % unit(t) == 0);
-    KILN_ASSERT(!w || n_mats == 1);
+    KILN_ASSERT((is_kq(t) || is_lq(t)) && n_in > 0 && n_in % unit(t) == 0);
     if (n_x <= 0) return;
-    kjob j = {.t = t, .n_mats = n_mats, .w = w, .row_bytes = row_bytes, .n_in = n_in, .n_x = n_x, .x = x};
-    KILN_ASSERT(panel_bytes(t, n_in, &j.pb));
-    double work = 0;
-    for (int i = 0; i < n_mats; i++) {
-        KILN_ASSERT(mats[i].n_out > 0 && (w || ((uintptr_t)mats[i].packed & 63) == 0));
-        j.mats[i] = mats[i];
-        j.first_pair[i + 1] = j.first_pair[i] + ((mats[i].n_out + PANEL - 1) / PANEL + 1) / 2;
-        work += (double)mats[i].n_out * (double)n_in * (double)n_x;
-    }
-    /* raw weights: one row block, so that each panel is packed once for all activation rows */
-    j.n_row_blocks = w ? 1 : (n_x + ROW_BLOCK - 1) / ROW_BLOCK;
-    atomic_init(&j.next, 0);
+    kjob j = {.t = t, .w = w, .row_bytes = row_bytes, .n_in = n_in, .x = x};
+    size_t pb;
+    KILN_ASSERT(panel_bytes(t, n_in, &pb));
+    double work = kiln_panel_job_init(&j.pj, mats, n_mats, n_in, n_x, pb, k_run, w ? k_pack : NULL, &j);
     /* small products run on the calling thread: waking the team costs more than they do */
     int nt = work >= 65536.0 ? n_threads : 1;
     j.a = kact_alloc(t, n_x, n_in);
     if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, quant_part, &j);
     else quant_part(&j, 0, 1);
-    kiln_pool_run(nt, part, &j);
+    kiln_pool_run(nt, kiln_panel_job_part, &j.pj);
 }
 
 typedef struct pack_job {

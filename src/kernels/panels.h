@@ -1,0 +1,91 @@
+/* panels.h: the work sharing of the packed-panel matmuls (avx512.c, avx512_kq.c; internal to the
+ * kernels). A job multiplies up to KILN_PANEL_MAX_MATS matrices (kiln_pmat) that share one input of
+ * n_x rows; its items are (block of KILN_PANEL_ROW_BLOCK activation rows, matrix, pair of panels of
+ * 16 output rows), taken from a shared counter. With raw weights (one matrix, packed a panel at a
+ * time into the member's scratch) the rows form one block, so that each panel is packed once.
+ * Matrix-vector jobs take about KILN_TAKE_BYTES of weights per take (kiln_pool_chunk_bytes). */
+#ifndef KILN_PANELS_H
+#define KILN_PANELS_H
+
+#include "kernels/kernels.h"
+#include "kernels/pool.h"
+
+#define KILN_PANEL_ROWS 16
+#define KILN_PANEL_ROW_BLOCK 64
+#define KILN_PANEL_MAX_MATS 4
+
+typedef struct kiln_panel_job kiln_panel_job;
+/* Multiplies panels [p, p + np) (np 1 or 2, memory at `panels`) of matrix mi by activation rows
+ * [c0, c1) into that matrix's y. */
+typedef void (*kiln_panel_run_fn)(const kiln_panel_job *j, int mi, const uint8_t *panels, int64_t p, int np,
+                                  int64_t c0, int64_t c1);
+/* Packs panel p of the job's raw weights (n_out rows) into dst (pb bytes). */
+typedef void (*kiln_panel_pack_fn)(const kiln_panel_job *j, int64_t n_out, int64_t p, uint8_t *dst);
+
+struct kiln_panel_job {
+    int n_mats;
+    kiln_pmat mats[KILN_PANEL_MAX_MATS];
+    int64_t first_pair[KILN_PANEL_MAX_MATS + 1]; /* prefix sums of each matrix's panel pairs */
+    int64_t n_x, n_row_blocks;
+    size_t pb;                 /* bytes of one panel */
+    kiln_panel_run_fn run;
+    kiln_panel_pack_fn pack;   /* non-NULL: raw weights (mats[0].packed is NULL), packed on the fly */
+    void *ctx;                 /* the kernel's own state: weight type, activations */
+    _Atomic int64_t next;      /* work-sharing counter */
+};
+
+/* Sets up j for mats (1..KILN_PANEL_MAX_MATS; raw weights: one matrix and pack non-NULL) times
+ * n_x rows of n_in; returns the multiply-adds of the product (the caller sizes the team by it). */
+static inline double kiln_panel_job_init(kiln_panel_job *j, const kiln_pmat *mats, int n_mats, int64_t n_in,
+                                         int64_t n_x, size_t pb, kiln_panel_run_fn run, kiln_panel_pack_fn pack,
+                                         void *ctx) {
+    KILN_ASSERT(n_mats >= 1 && n_mats <= KILN_PANEL_MAX_MATS && (!pack || n_mats == 1));
+    double work = 0;
+    j->n_mats = n_mats;
+    j->first_pair[0] = 0;
+    for (int i = 0; i < n_mats; i++) {
+        KILN_ASSERT(mats[i].n_out > 0 && (pack || ((uintptr_t)mats[i].packed & 63) == 0));
+        j->mats[i] = mats[i];
+        j->first_pair[i + 1] = j->first_pair[i] + ((mats[i].n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS + 1) / 2;
+        work += (double)mats[i].n_out * (double)n_in * (double)n_x;
+    }
+    j->n_x = n_x;
+    j->n_row_blocks = pack ? 1 : (n_x + KILN_PANEL_ROW_BLOCK - 1) / KILN_PANEL_ROW_BLOCK;
+    j->pb = pb;
+    j->run = run;
+    j->pack = pack;
+    j->ctx = ctx;
+    atomic_init(&j->next, 0);
+    return work;
+}
+
+static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
+    const int64_t n_pairs = j->first_pair[j->n_mats];
+    int64_t rb = it / n_pairs, pi = it % n_pairs;
+    int mi = 0;
+    while (pi >= j->first_pair[mi + 1]) mi++;
+    const kiln_pmat *M = &j->mats[mi];
+    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
+    int np = (int)KILN_MIN(2, n_panels - p);
+    int64_t c0 = rb * KILN_PANEL_ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + KILN_PANEL_ROW_BLOCK);
+    const uint8_t *panels;
+    if (j->pack) {
+        uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);
+        for (int i = 0; i < np; i++) j->pack(j, M->n_out, p + i, buf + (size_t)i * j->pb);
+        panels = buf;
+    } else {
+        panels = (const uint8_t *)M->packed + (size_t)p * j->pb;
+    }
+    j->run(j, mi, panels, p, np, c0, c1);
+}
+
+/* The pool function of a job (kiln_pool_run(nt, kiln_panel_job_part, job)). */
+static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
+    kiln_panel_job *j = ctx;
+    int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
+    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
+    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
+        for (int64_t it = lo; it < hi; it++) kiln_panel_item(j, it);
+}
+
+#endif
