@@ -5,8 +5,9 @@
  * b rows per step, logits for every row; tok/s is the aggregate (b * n / time). Each figure is run
  * --reps times after a warm-up (weights paged in) and reported as median and best (min time).
  * --roofline measures the machine's streaming read bandwidth (every thread, a buffer far larger
- * than the caches) and FP32 FMA peak, and gives each tg figure as a fraction of the bandwidth
- * ceiling (weight + KV bytes read per step / step time) and pp as a fraction of the FMA peak.
+ * than the caches), FP32 FMA peak and INT8 dot peak (AVX-512 VNNI), and gives each tg figure as a
+ * fraction of the bandwidth ceiling (weight + KV bytes read per step / step time) and pp as a
+ * fraction of the INT8 peak (models mostly of quantized weights) or of the FMA peak.
  * Runs on the calling thread; the model's compute team does the work. */
 #include <errno.h>
 #include <math.h>
@@ -35,7 +36,7 @@ static void bench_usage(FILE *f) {
                "  -b LIST     tg batch sizes (sequences decoding together, up to 16 values)\n"
                "  -t N        compute threads (default: physical cores)\n"
                "  --ubatch U  rows per prefill forward (default: p, one batch)\n"
-               "  --roofline  measure memory bandwidth and FMA peak; show each figure as a fraction\n");
+               "  --roofline  measure memory bandwidth, FMA and INT8 dot peaks; show each figure as a fraction\n");
 }
 
 typedef struct result {
