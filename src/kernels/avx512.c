@@ -422,21 +422,6 @@ static size_t avx512_pack_bytes(kiln_wtype t, int64_t n_out, int64_t n_in) {
     return kiln_mul_size(n_panels, pb, &total) ? total : 0;
 }
 
-typedef struct pack_job {
-    kiln_wtype t;
-    const void *w;
-    size_t row_bytes, pb;
-    int64_t n_out, n_in;
-    uint8_t *dst;
-} pack_job;
-
-static void pack_part(void *ctx, int ith, int nth) {
-    pack_job *j = ctx;
-    int64_t lo, hi;
-    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
-    for (int64_t p = lo; p < hi; p++) pack_panel(j->t, j->w, j->row_bytes, j->n_out, j->n_in, p, j->dst + (size_t)p * j->pb);
-}
-
 static void avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
                         int n_threads) {
     if (kiln_kquant_handles(t)) {
@@ -444,9 +429,9 @@ static void avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n
         return;
     }
     KILN_ASSERT(avx512_pack_bytes(t, n_out, n_in) > 0);
-    KILN_ASSERT(((uintptr_t)dst & 63) == 0);
-    pack_job j = {t, w, row_bytes, panel_bytes(t, n_in), n_out, n_in, dst};
-    kiln_pool_run(n_threads, pack_part, &j);
+    mjob j = {.t = t, .w = w, .row_bytes = row_bytes, .n_in = n_in};
+    j.pj = (kiln_panel_job){.pb = panel_bytes(t, n_in), .pack = m_pack, .ctx = &j};
+    kiln_panel_pack_all(&j.pj, n_out, dst, n_threads);
 }
 
 static void avx512_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats, int64_t n_in, const float *x,
@@ -455,8 +440,7 @@ static void avx512_matmul_packed(kiln_wtype t, const kiln_pmat *mats, int n_mats
         kiln_kquant_matmul_packed(t, mats, n_mats, n_in, x, n_x, n_threads);
         return;
     }
-    for (int i = 0; i < n_mats; i++) KILN_ASSERT(((uintptr_t)mats[i].packed & 63) == 0 && mats[i].n_out > 0);
-    run_matmul(t, mats, n_mats, NULL, 0, n_in, x, n_x, n_threads);
+    run_matmul(t, mats, n_mats, NULL, 0, n_in, x, n_x, n_threads); /* the job checks the panels' alignment */
 }
 
 

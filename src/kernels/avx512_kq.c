@@ -558,26 +558,11 @@ void kiln_kquant_avx512_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, 
     kiln_pool_run(nt, kiln_panel_job_part, &j.pj);
 }
 
-typedef struct pack_job {
-    kiln_wtype t;
-    const void *w;
-    size_t row_bytes, pb;
-    int64_t n_out, n_in;
-    uint8_t *dst;
-} pack_job;
-
-static void pack_part(void *ctx, int ith, int nth) {
-    pack_job *j = ctx;
-    int64_t lo, hi;
-    kiln_pool_range((j->n_out + PANEL - 1) / PANEL, ith, nth, &lo, &hi);
-    for (int64_t p = lo; p < hi; p++)
-        pack_panel(j->t, j->w, j->row_bytes, j->n_out, j->n_in, p, j->pb, j->dst + (size_t)p * j->pb);
-}
-
 void kiln_kquant_avx512_pack(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_out, int64_t n_in, void *dst,
                              int n_threads) {
-    KILN_ASSERT(kiln_kquant_avx512_pack_bytes(t, n_out, n_in) > 0 && ((uintptr_t)dst & 63) == 0);
-    pack_job j = {t, w, row_bytes, 0, n_out, n_in, dst};
-    KILN_ASSERT(panel_bytes(t, n_in, &j.pb));
-    kiln_pool_run(n_threads, pack_part, &j);
+    KILN_ASSERT(kiln_kquant_avx512_pack_bytes(t, n_out, n_in) > 0);
+    kjob j = {.t = t, .w = w, .row_bytes = row_bytes, .n_in = n_in};
+    j.pj = (kiln_panel_job){.pack = k_pack, .ctx = &j};
+    KILN_ASSERT(panel_bytes(t, n_in, &j.pj.pb));
+    kiln_panel_pack_all(&j.pj, n_out, dst, n_threads);
 }

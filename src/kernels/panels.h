@@ -88,4 +88,25 @@ static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
         for (int64_t it = lo; it < hi; it++) kiln_panel_item(j, it);
 }
 
+typedef struct kiln_panel_pack_job {
+    const kiln_panel_job *pj;  /* pb, pack and ctx of a raw-weight job */
+    int64_t n_out;
+    uint8_t *dst;
+} kiln_panel_pack_job;
+
+static inline void kiln_panel_pack_part(void *ctx, int ith, int nth) {
+    const kiln_panel_pack_job *pk = ctx;
+    int64_t lo, hi;
+    kiln_pool_range((pk->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS, ith, nth, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) pk->pj->pack(pk->pj, pk->n_out, p, pk->dst + (size_t)p * pk->pj->pb);
+}
+
+/* Packs every panel of a matrix of n_out rows into dst (64-byte aligned) with pj's pack callback
+ * (pj->pb, pj->pack and pj->ctx set; the rest unused), panels split over n_threads members. */
+static inline void kiln_panel_pack_all(const kiln_panel_job *pj, int64_t n_out, void *dst, int n_threads) {
+    KILN_ASSERT(pj->pack && ((uintptr_t)dst & 63) == 0);
+    kiln_panel_pack_job pk = {pj, n_out, dst};
+    kiln_pool_run(n_threads, kiln_panel_pack_part, &pk);
+}
+
 #endif
