@@ -29,7 +29,7 @@ static struct {
     kiln_pool_fn fn;           /* the current job */
     void *ctx;
     int nth;
-    int64_t spin_ns;           /* spin budget before sleeping */
+    _Atomic int64_t spin_ns;   /* spin limit of every wait (kiln_pool_set_spin_us) */
     uint32_t start_gen[MAX_THREADS]; /* the generation each worker was started at */
 } P = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -100,10 +100,22 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-static void init(void) {
-    const char *s = getenv("KILN_SPIN_US");
-    long us = s && *s ? strtol(s, NULL, 10) : 30;
-    P.spin_ns = (us < 0 ? 0 : us > 1000000 ? 1000000 : us) * 1000;
+static void set_spin_us(int64_t us) {
+    if (us < 0) {
+        const char *s = getenv("KILN_SPIN_US");
+        us = s && *s ? strtol(s, NULL, 10) : 30;
+        if (us < 0) us = 0;
+    }
+    P.spin_ns = (us > 1000000 ? 1000000 : us) * 1000;
+}
+
+static void init(void) { set_spin_us(-1); }
+
+void kiln_pool_set_spin_us(int64_t us) {
+    pthread_once(&init_once, init);
+    pthread_mutex_lock(&P.lock); /* not while a job runs */
+    set_spin_us(us);
+    pthread_mutex_unlock(&P.lock);
 }
 
 int kiln_pool_default_threads(void) {
@@ -154,9 +166,12 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx) {
     atomic_fetch_add(&P.gen, 1);
     if (atomic_load(&P.n_sleeping) > 0) futex_wake(&P.gen);
     fn(ctx, 0, nth);
+    /* wait for pending to reach 0: spin while it keeps its current (non-zero) value, then sleep;
+     * a member finishing first leaves it 0 already, and the caller must not spin then */
     uint32_t p;
     int64_t t0 = now_ns();
-    while ((p = spin_while_eq(&P.pending, atomic_load(&P.pending))) != 0) {
+    while ((p = atomic_load(&P.pending)) != 0) {
+        if ((p = spin_while_eq(&P.pending, p)) == 0) break;
         atomic_store(&P.caller_sleeping, 1);
         if (p == atomic_load(&P.pending)) futex_wait(&P.pending, p);
         atomic_store(&P.caller_sleeping, 0);

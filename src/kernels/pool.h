@@ -26,6 +26,10 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx);
 /* The team size kiln_pool_run uses for n_threads <= 0. */
 int kiln_pool_default_threads(void);
 
+/* Sets the spin limit of every wait (KILN_SPIN_US's role; us < 0: back to KILN_SPIN_US, or 30).
+ * Each thread's budget adapts up to it over the next waits. For tests and tuning. */
+void kiln_pool_set_spin_us(int64_t us);
+
 /* [*lo, *hi): member ith's contiguous share of n items split as evenly as possible. */
 static inline void kiln_pool_range(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
     int64_t q = n / nth, r = n % nth;
@@ -55,17 +59,30 @@ static inline int64_t kiln_pool_chunk(int64_t n, int nth) {
  * packed weight panels (made by each member inside a job). */
 enum { KILN_SCRATCH_ACT = 0, KILN_SCRATCH_PANELS = 1, KILN_SCRATCH_SLOTS = 2 };
 
-/* Weight bytes per take of a streaming (matrix-vector) job: members then finish within about this
- * much streaming of each other, while each take is still a long sequential read. */
+/* Weight bytes per take of a streaming (matrix-vector) job at most: each take is still a long
+ * sequential read. */
 #define KILN_TAKE_BYTES ((size_t)256 << 10)
 
-/* A chunk size for n items of item_bytes streamed bytes each: about KILN_TAKE_BYTES per take, and
- * no more than kiln_pool_chunk's. */
-static inline int64_t kiln_pool_chunk_bytes(int64_t n, int nth, size_t item_bytes) {
-    int64_t c = kiln_pool_chunk(n, nth);
-    int64_t b = item_bytes > 0 ? (int64_t)(KILN_TAKE_BYTES / item_bytes) : c;
-    if (b < 1) b = 1;
-    return b < c ? b : c;
+/* Guided sharing for streaming jobs: like kiln_pool_take, but each take is a share of what is
+ * left (remaining / (2 nth) items), at most max_chunk and at least 1, so takes shrink as the job
+ * runs out and members finish within about one item of each other instead of one large chunk. */
+static inline bool kiln_pool_take_guided(_Atomic int64_t *next, int64_t n, int nth, int64_t max_chunk, int64_t *lo,
+                                         int64_t *hi) {
+    int64_t i = atomic_load_explicit(next, memory_order_relaxed), c;
+    do {
+        if (i >= n) return false;
+        c = (n - i) / (2 * (int64_t)nth);
+        c = c < 1 ? 1 : c > max_chunk ? max_chunk : c;
+    } while (!atomic_compare_exchange_weak_explicit(next, &i, i + c, memory_order_relaxed, memory_order_relaxed));
+    *lo = i;
+    *hi = i + c;
+    return true;
+}
+
+/* The largest take of a streaming job over items of item_bytes: about KILN_TAKE_BYTES. */
+static inline int64_t kiln_pool_chunk_bytes(size_t item_bytes) {
+    int64_t b = item_bytes > 0 ? (int64_t)(KILN_TAKE_BYTES / item_bytes) : 1;
+    return b < 1 ? 1 : b;
 }
 
 /* Per-thread scratch slots buffer of at least n bytes in the given slot (grown on demand,

@@ -352,6 +352,7 @@ static void softmax_silu_dot(void) {
 
 /* ---- the compute team (pool.h) ---- */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 #include "kernels/pool.h"
@@ -362,7 +363,7 @@ typedef struct count_job {
     _Atomic int members;        /* distinct ith seen (bit set) */
     _Atomic int64_t next;
     _Atomic int nth_seen;
-    bool dynamic;
+    int dynamic;                /* 0: static ranges, 1: fixed chunks, 2: guided takes */
     bool nested;
     _Atomic int inner_nth;      /* nth seen by a nested call */
 } count_job;
@@ -378,9 +379,14 @@ static void count_part(void *ctx, int ith, int nth) {
     atomic_fetch_or(&j->members, 1 << ith);
     atomic_store(&j->nth_seen, nth); /* every member stores the same value */
     int64_t lo, hi;
-    if (j->dynamic) {
+    if (j->dynamic == 1) {
         while (kiln_pool_take(&j->next, j->n, kiln_pool_chunk(j->n, nth), &lo, &hi))
             for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&j->hits[i], 1);
+    } else if (j->dynamic == 2) {
+        while (kiln_pool_take_guided(&j->next, j->n, nth, 5, &lo, &hi)) {
+            if (hi - lo < 1 || hi - lo > 5) atomic_fetch_add(&j->hits[j->n], 1); /* a bad take size */
+            for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&j->hits[i], 1);
+        }
     } else {
         kiln_pool_range(j->n, ith, nth, &lo, &hi);
         for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&j->hits[i], 1);
@@ -393,12 +399,13 @@ static void count_part(void *ctx, int ith, int nth) {
 }
 
 /* Runs one counting job; true when every item was done exactly once by members 0..nth-1. */
-static bool count_once(int n_threads, int64_t n, bool dynamic, bool nested, int *nth_out, int *inner_nth) {
+static bool count_once(int n_threads, int64_t n, int dynamic, bool nested, int *nth_out, int *inner_nth) {
     _Atomic int *hits = calloc((size_t)n + 1, sizeof(*hits));
     count_job j = {.n = n, .hits = hits, .dynamic = dynamic, .nested = nested};
     kiln_pool_run(n_threads, count_part, &j);
     bool ok = true;
     for (int64_t i = 0; i < n; i++) ok = ok && atomic_load(&hits[i]) == 1;
+    ok = ok && atomic_load(&hits[n]) == 0;
     int nth = atomic_load(&j.nth_seen);
     ok = ok && atomic_load(&j.members) == (1 << nth) - 1;
     if (nth_out) *nth_out = nth;
@@ -407,13 +414,13 @@ static bool count_once(int n_threads, int64_t n, bool dynamic, bool nested, int 
     return ok;
 }
 
-/* Every item exactly once, static and dynamic sharing, teams of 1..4 (more than the CPUs), item
- * counts below and above the team size; a nested call runs alone. */
+/* Every item exactly once, static, chunked and guided sharing, teams of 1..4 (more than the CPUs),
+ * item counts below and above the team size; a nested call runs alone. */
 static void pool_shares(void) {
     int64_t ns[] = {0, 1, 3, 7, 1000};
     for (int t = 1; t <= 4; t++)
         for (size_t i = 0; i < KILN_ARRAY_LEN(ns); i++)
-            for (int dyn = 0; dyn < 2; dyn++) {
+            for (int dyn = 0; dyn < 3; dyn++) {
                 int nth = 0;
                 CHECK_MSG(count_once(t, ns[i], dyn, false, &nth, NULL), "threads %d n %lld dynamic %d", t,
                           (long long)ns[i], dyn);
@@ -435,7 +442,7 @@ static void pool_shares(void) {
 static void *pool_caller(void *arg) {
     int *bad = arg;
     for (int k = 0; k < 300; k++)
-        if (!count_once(2, 64 + k % 5, k % 2, false, NULL, NULL)) (*bad)++;
+        if (!count_once(2, 64 + k % 5, k % 3, false, NULL, NULL)) (*bad)++;
     return NULL;
 }
 
@@ -444,7 +451,7 @@ static void *pool_caller(void *arg) {
 static void pool_stress(void) {
     int bad = 0;
     for (int k = 0; k < 2000; k++)
-        if (!count_once(2, 1 + k % 9, k % 2, false, NULL, NULL)) bad++;
+        if (!count_once(2, 1 + k % 9, k % 3, false, NULL, NULL)) bad++;
     CHECK_EQ_INT(bad, 0);
     int bad1 = 0, bad2 = 0;
     pthread_t t1, t2;
@@ -453,6 +460,37 @@ static void pool_stress(void) {
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     CHECK_EQ_INT(bad1 + bad2, 0);
+}
+
+typedef struct order_job {
+    _Atomic int worker_done;   /* set by member 1 at the end of its part */
+} order_job;
+
+/* Member 0 returns from its part only after member 1 has finished its own. */
+static void worker_first_part(void *ctx, int ith, int nth) {
+    order_job *j = ctx;
+    if (ith == 1) atomic_store(&j->worker_done, 1);
+    if (ith == 0 && nth > 1)
+        while (!atomic_load(&j->worker_done)) sched_yield();
+}
+
+/* A caller that finishes after the other members must return at once, not spin out its budget
+ * waiting for the count of running members (already 0) to change: with a 1 s spin limit, 20 such
+ * jobs took 20 s before the fix. The bound is a hang check, far above any honest job time. */
+static void pool_caller_last(void) {
+    kiln_pool_set_spin_us(1000000);
+    for (int k = 0; k < 40; k++) { /* let the adaptive budgets grow to the limit */
+        order_job w = {0};
+        kiln_pool_run(2, worker_first_part, &w);
+    }
+    double t0 = kiln_now_s();
+    for (int k = 0; k < 20; k++) {
+        order_job w = {0};
+        kiln_pool_run(2, worker_first_part, &w);
+    }
+    double dt = kiln_now_s() - t0;
+    kiln_pool_set_spin_us(-1);
+    CHECK_MSG(dt < 2.0, "20 jobs took %.3f s", dt);
 }
 
 static void dispatch(void) {
@@ -478,6 +516,7 @@ int main(void) {
     RUN(dispatch);
     RUN(pool_shares);
     RUN(pool_stress);
+    RUN(pool_caller_last);
     RUN(simd_vs_ref);
     if (kiln_kernels_get() != &kiln_kernels_ref) {
         /* The chosen table through the same definitions (its matmul: simd_vs_ref). */
