@@ -3,7 +3,8 @@
  * n_x rows; its items are (block of KILN_PANEL_ROW_BLOCK activation rows, matrix, pair of panels of
  * 16 output rows), taken from a shared counter. With raw weights (one matrix, packed a panel at a
  * time into the member's scratch) the rows form one block, so that each panel is packed once.
- * Matrix-vector jobs take about KILN_TAKE_BYTES of weights per take (kiln_pool_chunk_bytes). */
+ * Matrix-vector jobs take guided shares of at most about KILN_TAKE_BYTES of weights
+ * (kiln_pool_take_guided). */
 #ifndef KILN_PANELS_H
 #define KILN_PANELS_H
 
@@ -83,8 +84,12 @@ static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
 static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
     kiln_panel_job *j = ctx;
     int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    int64_t chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(n_items, nth, 2 * j->pb);
-    while (kiln_pool_take(&j->next, n_items, chunk, &lo, &hi))
+    if (j->n_row_blocks > 1) {
+        while (kiln_pool_take(&j->next, n_items, 1, &lo, &hi)) kiln_panel_item(j, lo);
+        return;
+    }
+    const int64_t max_chunk = kiln_pool_chunk_bytes(2 * j->pb);
+    while (kiln_pool_take_guided(&j->next, n_items, nth, max_chunk, &lo, &hi))
         for (int64_t it = lo; it < hi; it++) kiln_panel_item(j, it);
 }
 
