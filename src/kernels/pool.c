@@ -103,7 +103,7 @@ static void *worker(void *arg) {
 static void set_spin_us(int64_t us) {
     if (us < 0) {
         const char *s = getenv("KILN_SPIN_US");
-        us = s && *s ? strtol(s, NULL, 10) : 30;
+        us = s && *s ? strtol(s, NULL, 10) : 100;
         if (us < 0) us = 0;
     }
     P.spin_ns = (us > 1000000 ? 1000000 : us) * 1000;

@@ -26,7 +26,7 @@ void kiln_pool_run(int n_threads, kiln_pool_fn fn, void *ctx);
 /* The team size kiln_pool_run uses for n_threads <= 0. */
 int kiln_pool_default_threads(void);
 
-/* Sets the spin limit of every wait (KILN_SPIN_US's role; us < 0: back to KILN_SPIN_US, or 30).
+/* Sets the spin limit of every wait (KILN_SPIN_US's role; us < 0: back to KILN_SPIN_US, or 100).
  * Each thread's budget adapts up to it over the next waits. For tests and tuning. */
 void kiln_pool_set_spin_us(int64_t us);
 
