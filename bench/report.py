@@ -96,6 +96,8 @@ def main():
         return vals[len(vals) // 2] if len(vals) % 2 else (0.5 * (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) if vals else 0)
     bw_all = [r.get("bandwidth_bytes_per_s", 0) for r in reports]
     bw_max = median(bw_all)
+    # tg reps carry the bandwidth measured right before each of them (kiln bench --roofline)
+    bw_reps = sorted(b for r in reports for x in r["results"] for b in x.get("bw_per_rep", []) if b > 0)
     peak_max = median([r.get("fma_peak_flops", 0) for r in reports])
     int8_max = median([r.get("int8_peak_ops", 0) for r in reports])
     lines = [BEGIN, "# Engine benchmarks (`make bench`)", ""]
@@ -136,6 +138,9 @@ def main():
             "| OS kernel | %s |" % m["kernel"],
             "| measured read bandwidth (all threads, 1 GiB buffer; median of the runs) | %.1f GB/s (runs: %s) |"
             % (bw_max / 1e9, ", ".join("%.1f" % (v / 1e9) for v in sorted(bw_all))),
+            "| the same, measured right before each tg rep (%d measurements) | median %.1f GB/s, range %.1f-%.1f |"
+            % (len(bw_reps), median(bw_reps) / 1e9, bw_reps[0] / 1e9, bw_reps[-1] / 1e9) if bw_reps else
+            "| the same, before each tg rep | not measured |",
             "| measured FP32 FMA peak (all threads; median) | %.0f GFLOP/s |" % (peak_max / 1e9),
             "| measured INT8 dot peak (all threads, AVX-512 VNNI; median) | %.0f GOP/s |" % (int8_max / 1e9),
             "| issue 6's figures for this machine type | ~40 GB/s read, ~490 GFLOP/s FP32 FMA, ~1.9 TOP/s int8 dot |",
@@ -196,12 +201,16 @@ def main():
                         cells.append("-")
                         continue
                     c = "%s (%s)" % (fmt(x["tps_median"]), fmt(x["tps_best"]))
-                    if "bytes_per_step" in x and bw_max > 0:
-                        c += ", %.0f%% of bw" % (100 * x["tps_median"] / x["batch"] * x["bytes_per_step"] / bw_max)
+                    frac = None
+                    if "bw_per_rep" in x:      # paired: each rep against the bandwidth measured before it
+                        frac = x["bw_fraction_median"]
+                    elif "bytes_per_step" in x and bw_max > 0:
+                        frac = x["tps_median"] / x["batch"] * x["bytes_per_step"] / bw_max
+                    if frac is not None:
+                        c += ", %.0f%% of bw" % (100 * frac)
                     if b == 1:
                         b1 = x["tps_median"]
-                        if lc and "bytes_per_step" in x and bw_max > 0:
-                            frac = x["tps_median"] * x["bytes_per_step"] / bw_max
+                        if lc and frac is not None:
                             checks.append(("%s tg b1 >= 85%% of measured bandwidth" % TYPE_LABEL[r["wtype"]], frac,
                                            frac >= 0.85))
                         if lc:
@@ -222,9 +231,10 @@ def main():
                 lines.append("| %s | %.0f | %s |" % (TYPE_LABEL.get(r["wtype"], r["wtype"]),
                                                      r["weight_bytes"] / 1048576, " | ".join(cells)))
             lines.append("")
-            lines.append("% of bw: weight + KV bytes read per decode step x steps/s, over the measured"
-                         " read bandwidth of the machine table (the median of the runs' measurements;"
-                         " the ceiling of batch-1 decode). % of FMA / INT8 peak: 2 x params +"
+            lines.append("% of bw: weight + KV bytes read per decode step x steps/s of a rep, over the"
+                         " read bandwidth measured right before that rep (the ceiling of batch-1 decode;"
+                         " this VM's bandwidth swings between about 20 and 52 GB/s from one second to the"
+                         " next), median over the reps. % of FMA / INT8 peak: 2 x params +"
                          " attention operations per token x tok/s, over the measured FP32 FMA peak"
                          " (F16) or INT8 dot peak (quantized types, whose matmuls run on int8 dot"
                          " products).")

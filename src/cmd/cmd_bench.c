@@ -7,7 +7,10 @@
  * --roofline measures the machine's streaming read bandwidth (every thread, a buffer far larger
  * than the caches), FP32 FMA peak and INT8 dot peak (AVX-512 VNNI), and gives each tg figure as a
  * fraction of the bandwidth ceiling (weight + KV bytes read per step / step time) and pp as a
- * fraction of the INT8 peak (models mostly of quantized weights) or of the FMA peak.
+ * fraction of the INT8 peak (models mostly of quantized weights) or of the FMA peak. The
+ * bandwidth is also measured right before each tg rep, and a tg fraction is the median over the
+ * reps of the rep's rate over its own measurement: a VM's bandwidth can swing by half from one
+ * second to the next (20-52 GB/s seen here), and one measurement for all would mis-scale them.
  * Runs on the calling thread; the model's compute team does the work. */
 #include <errno.h>
 #include <math.h>
@@ -47,6 +50,7 @@ typedef struct result {
     int n_reps;
     double best_tps, median_tps;
     double bytes_per_step; /* tg: weights + KV read per forward */
+    double bw[MAX_REPS];   /* tg with --roofline: the bandwidth measured right before each rep */
     double flops_per_run;  /* pp */
 } result;
 
@@ -128,22 +132,44 @@ __attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, in
 }
 #endif
 
-/* Best of several passes of a streaming read over `bytes` (each thread reads its own slice of a
- * buffer written first, so its pages are mapped); bytes per second. */
-static double measure_bandwidth(int nt, size_t bytes) {
-    uint64_t *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (buf == MAP_FAILED) return 0;
-    size_t n = bytes / sizeof(uint64_t);
+/* A buffer for bandwidth passes: written once, so that its pages are mapped. */
+typedef struct bw_buf {
+    uint64_t *w;
+    size_t n;                  /* words */
+} bw_buf;
+
+static bool bw_buf_new(bw_buf *b, int nt, size_t bytes) {
+    b->w = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->w == MAP_FAILED) {
+        b->w = NULL;
+        return false;
+    }
+    b->n = bytes / sizeof(uint64_t);
+    uint64_t *w = b->w;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t i = 0; i < b->n; i++) w[i] = i;
+    return true;
+}
+
+static void bw_buf_free(bw_buf *b) {
+    if (b->w) munmap(b->w, b->n * sizeof(uint64_t));
+    b->w = NULL;
+}
+
+/* Best of `passes` streaming reads of the whole buffer, each thread reading its own slice; bytes
+ * per second (0 without a buffer). */
+static double measure_bandwidth(const bw_buf *b, int nt, int passes) {
+    if (!b->w) return 0;
+    const uint64_t *buf = b->w;
+    const size_t n = b->n;
     bool avx2 = false;
 #ifdef HAVE_AVX2_BENCH
     __builtin_cpu_init();
     avx2 = __builtin_cpu_supports("avx2");
 #endif
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (size_t i = 0; i < n; i++) buf[i] = i;
     double best = 0;
     volatile uint64_t sink = 0;
-    for (int pass = 0; pass < 5; pass++) {
+    for (int pass = 0; pass < passes; pass++) {
         uint64_t total = 0;
         double t0 = kiln_now_s();
 #pragma omp parallel num_threads(nt) reduction(+ : total)
@@ -161,8 +187,27 @@ static double measure_bandwidth(int nt, size_t bytes) {
         if ((double)(n / 16 * 16) * 8 / dt > best) best = (double)(n / 16 * 16) * 8 / dt;
     }
     (void)sink;
-    munmap(buf, bytes);
     return best;
+}
+
+/* The median over r's reps of (rep's steps/s x bytes per step / bandwidth measured before it);
+ * 0 when a measurement is missing. */
+static double paired_bw_fraction(const result *r) {
+    double f[MAX_REPS];
+    for (int k = 0; k < r->n_reps; k++) {
+        if (r->bw[k] <= 0 || r->secs[k] <= 0) return 0;
+        f[k] = (double)r->n_tokens / r->batch / r->secs[k] * r->bytes_per_step / r->bw[k];
+    }
+    qsort(f, (size_t)r->n_reps, sizeof(double), cmp_double);
+    return r->n_reps % 2 ? f[r->n_reps / 2] : 0.5 * (f[r->n_reps / 2 - 1] + f[r->n_reps / 2]);
+}
+
+/* The median of r's per-rep bandwidths. */
+static double median_bw(const result *r) {
+    double b[MAX_REPS];
+    memcpy(b, r->bw, sizeof(double) * (size_t)r->n_reps);
+    qsort(b, (size_t)r->n_reps, sizeof(double), cmp_double);
+    return r->n_reps % 2 ? b[r->n_reps / 2] : 0.5 * (b[r->n_reps / 2 - 1] + b[r->n_reps / 2]);
 }
 
 #ifdef HAVE_AVX2_BENCH
@@ -386,6 +431,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     int rc = 1;
     kiln_err err;
     bench B = {.bs = 16};
+    bw_buf bwb = {0};          /* --roofline's bandwidth buffer */
     result res[MAX_BATCHES + 1];
     int n_res = 0;
     kiln_model_opts opts = {.n_threads = (int)threads};
@@ -454,6 +500,9 @@ int kiln_cmd_bench(int argc, char **argv) {
             }
         summarize(r);
     }
+    const int team = nt > 0 ? nt : omp_get_num_procs();
+    if (roofline && n_batches > 0 && !bw_buf_new(&bwb, team, (size_t)1 << 30))
+        fprintf(stderr, "kiln bench: note: no memory for the bandwidth buffer; tg fractions skipped\n");
     for (int i = 0; i < n_batches; i++) {
         result *r = &res[n_res++];
         memset(r, 0, sizeof(*r));
@@ -462,19 +511,22 @@ int kiln_cmd_bench(int argc, char **argv) {
         r->batch = batches[i];
         /* each step reads every weight once and, per sequence, the K/V of positions 0..step */
         r->bytes_per_step = w_bytes + (double)batches[i] * (double)kv_tok * (double)(n + 1) / 2;
-        for (int k = 0; k < reps; k++)
+        for (int k = 0; k < reps; k++) {
+            if (roofline) r->bw[k] = measure_bandwidth(&bwb, team, 3);
             if ((r->secs[r->n_reps++] = run_tg(&B, (int)n, batches[i])) < 0) {
                 err = KILN_ERR_INVALID;
                 goto out_err;
             }
+        }
         summarize(r);
     }
 
     double bw = 0, peak = 0, fma_peak = 0, int8_peak = 0;
     const char *peak_name = "FP32 FMA peak", *peak_unit = "GFLOP/s";
     if (roofline) {
-        int team = nt > 0 ? nt : omp_get_num_procs();
-        bw = measure_bandwidth(team, (size_t)1 << 30);
+        if (!bwb.w) bw_buf_new(&bwb, team, (size_t)1 << 30); /* pp only: not made yet (failure: bw 0) */
+        bw = measure_bandwidth(&bwb, team, 5);
+        bw_buf_free(&bwb);
         fma_peak = measure_fma_peak(team);
         int8_peak = measure_int8_peak(team);
         peak = fma_peak;
@@ -501,9 +553,12 @@ int kiln_cmd_bench(int argc, char **argv) {
                    i ? "," : "", r->name, r->n_tokens, r->batch, r->n_reps, r->median_tps, r->best_tps);
             for (int k = 0; k < r->n_reps; k++) printf("%s%.6f", k ? ", " : "", r->secs[k]);
             printf("]");
-            if (roofline && r->bytes_per_step > 0 && bw > 0)
-                printf(", \"bytes_per_step\": %.0f, \"bw_fraction_median\": %.4f", r->bytes_per_step,
-                       r->median_tps / r->batch * r->bytes_per_step / bw);
+            if (roofline && r->bytes_per_step > 0 && paired_bw_fraction(r) > 0) {
+                printf(", \"bytes_per_step\": %.0f, \"bw_fraction_median\": %.6g, \"bw_per_rep\": [",
+                       r->bytes_per_step, paired_bw_fraction(r));
+                for (int k = 0; k < r->n_reps; k++) printf("%s%.6g", k ? ", " : "", r->bw[k]);
+                printf("]");
+            }
             if (roofline && r->flops_per_run > 0 && peak > 0)
                 printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.4f", r->flops_per_run / r->n_tokens,
                        r->median_tps * r->flops_per_run / r->n_tokens / peak);
@@ -524,9 +579,9 @@ int kiln_cmd_bench(int argc, char **argv) {
         for (int i = 0; i < n_res; i++) {
             result *r = &res[i];
             printf("| %s | %.2f | %.2f |", r->name, r->median_tps, r->best_tps);
-            if (roofline && r->bytes_per_step > 0 && bw > 0)
-                printf(" %.0f%% of bandwidth (%.1f GB/s) |", 100 * r->median_tps / r->batch * r->bytes_per_step / bw,
-                       r->median_tps / r->batch * r->bytes_per_step / 1e9);
+            if (roofline && r->bytes_per_step > 0 && paired_bw_fraction(r) > 0)
+                printf(" %.0f%% of bandwidth (%.1f GB/s of %.1f) |", 100 * paired_bw_fraction(r),
+                       r->median_tps / r->batch * r->bytes_per_step / 1e9, median_bw(r) / 1e9);
             else if (roofline && r->flops_per_run > 0 && peak > 0)
                 printf(" %.0f%% of %s (%.0f %s) |", 100 * r->median_tps * r->flops_per_run / r->n_tokens / peak,
                        peak_name, r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit);
@@ -546,5 +601,6 @@ out:
     for (int s = 0; s < MAX_BATCHES; s++) kiln_free(B.tables[s]);
     kiln_kv_free(B.kv);
     kiln_model_free(B.m);
+    bw_buf_free(&bwb);
     return rc;
 }

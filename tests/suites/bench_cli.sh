@@ -33,6 +33,12 @@ for x in r["results"]:
     assert abs(x["tps_median"] - x["tokens"] / secs[1]) <= 1e-3 * x["tps_median"] + 1e-3, x
     assert x["tokens"] == (24 if x["test"] == "pp24" else 6 * x["batch"]), x
     assert ("bw_fraction_median" in x) == x["test"].startswith("tg"), x
+    if x["test"].startswith("tg"):
+        # each rep against the bandwidth measured right before it; the median of those fractions
+        bw = x["bw_per_rep"]
+        assert len(bw) == 3 and min(bw) > 1e8, x
+        fr = sorted(x["tokens"] / x["batch"] / s * x["bytes_per_step"] / b for s, b in zip(x["secs"], bw))
+        assert abs(x["bw_fraction_median"] - fr[1]) <= 1e-3 * fr[1] + 1e-6, (x, fr)
 assert r["bandwidth_bytes_per_s"] > 1e8 and r["fma_peak_flops"] > 1e8, r
 assert r["pp_ceiling"] == ("int8" if r["int8_peak_ops"] > 0 else "fp32"), r
 g = gguf.Reader(sys.argv[1])
