@@ -98,6 +98,7 @@ def main():
     bw_max = median(bw_all)
     # tg reps carry the bandwidth measured right before each of them (kiln bench --roofline)
     bw_reps = sorted(b for r in reports for x in r["results"] for b in x.get("bw_per_rep", []) if b > 0)
+    stolen = sorted(v for r in reports for x in r["results"] for v in x.get("stolen_per_rep", []))
     peak_max = median([r.get("fma_peak_flops", 0) for r in reports])
     int8_max = median([r.get("int8_peak_ops", 0) for r in reports])
     lines = [BEGIN, "# Engine benchmarks (`make bench`)", ""]
@@ -141,6 +142,9 @@ def main():
             "| the same, measured right before each tg rep (%d measurements) | median %.1f GB/s, range %.1f-%.1f |"
             % (len(bw_reps), median(bw_reps) / 1e9, bw_reps[0] / 1e9, bw_reps[-1] / 1e9) if bw_reps else
             "| the same, before each tg rep | not measured |",
+            "| time the host took from the benchmark's threads (0.1 s clock-reading probe before each tg rep, gaps > 20 us) | median %.1f%%, range %.1f-%.1f%% |"
+            % (100 * stolen[len(stolen) // 2], 100 * stolen[0], 100 * stolen[-1]) if stolen else
+            "| time the host took, before each tg rep | not measured |",
             "| measured FP32 FMA peak (all threads; median) | %.0f GFLOP/s |" % (peak_max / 1e9),
             "| measured INT8 dot peak (all threads, AVX-512 VNNI; median) | %.0f GOP/s |" % (int8_max / 1e9),
             "| issue 6's figures for this machine type | ~40 GB/s read, ~490 GFLOP/s FP32 FMA, ~1.9 TOP/s int8 dot |",

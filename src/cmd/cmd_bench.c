@@ -11,6 +11,8 @@
  * bandwidth is also measured right before each tg rep, and a tg fraction is the median over the
  * reps of the rep's rate over its own measurement: a VM's bandwidth can swing by half from one
  * second to the next (20-52 GB/s seen here), and one measurement for all would mis-scale them.
+ * Before each tg rep it also measures the share of time the threads lose to others (the host),
+ * which the JSON reports: tg figures taken while it is high understate the code.
  * Runs on the calling thread; the model's compute team does the work. */
 #include <errno.h>
 #include <math.h>
@@ -51,6 +53,7 @@ typedef struct result {
     double best_tps, median_tps;
     double bytes_per_step; /* tg: weights + KV read per forward */
     double bw[MAX_REPS];   /* tg with --roofline: the bandwidth measured right before each rep */
+    double stolen[MAX_REPS]; /* ... and the share of time the threads lost then (measure_stolen) */
     double flops_per_run;  /* pp */
 } result;
 
@@ -188,6 +191,22 @@ static double measure_bandwidth(const bw_buf *b, int nt, int passes) {
     }
     (void)sink;
     return best;
+}
+
+/* The share of time nt threads, each in a loop that only reads the clock for `secs`, lose in gaps
+ * longer than 20 us (mean over the threads): what the hypervisor or other processes take from this
+ * run's cores right now (a VM's steal-time counter misses most of it). */
+static double measure_stolen(int nt, double secs) {
+    double lost = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : lost)
+    {
+        double t0 = kiln_now_s(), prev = t0, t;
+        while ((t = kiln_now_s()) - t0 < secs) {
+            if (t - prev > 20e-6) lost += t - prev;
+            prev = t;
+        }
+    }
+    return lost / (secs * nt);
 }
 
 /* The median over r's reps of (rep's steps/s x bytes per step / bandwidth measured before it);
@@ -512,7 +531,10 @@ int kiln_cmd_bench(int argc, char **argv) {
         /* each step reads every weight once and, per sequence, the K/V of positions 0..step */
         r->bytes_per_step = w_bytes + (double)batches[i] * (double)kv_tok * (double)(n + 1) / 2;
         for (int k = 0; k < reps; k++) {
-            if (roofline) r->bw[k] = measure_bandwidth(&bwb, team, 3);
+            if (roofline) {
+                r->stolen[k] = measure_stolen(team, 0.1);
+                r->bw[k] = measure_bandwidth(&bwb, team, 3);
+            }
             if ((r->secs[r->n_reps++] = run_tg(&B, (int)n, batches[i])) < 0) {
                 err = KILN_ERR_INVALID;
                 goto out_err;
@@ -551,12 +573,14 @@ int kiln_cmd_bench(int argc, char **argv) {
             printf("%s\n  {\"test\": \"%s\", \"tokens\": %d, \"batch\": %d, \"reps\": %d, \"tps_median\": %.3f, "
                    "\"tps_best\": %.3f, \"secs\": [",
                    i ? "," : "", r->name, r->n_tokens, r->batch, r->n_reps, r->median_tps, r->best_tps);
-            for (int k = 0; k < r->n_reps; k++) printf("%s%.6f", k ? ", " : "", r->secs[k]);
+            for (int k = 0; k < r->n_reps; k++) printf("%s%.9g", k ? ", " : "", r->secs[k]);
             printf("]");
             if (roofline && r->bytes_per_step > 0 && paired_bw_fraction(r) > 0) {
                 printf(", \"bytes_per_step\": %.0f, \"bw_fraction_median\": %.6g, \"bw_per_rep\": [",
                        r->bytes_per_step, paired_bw_fraction(r));
                 for (int k = 0; k < r->n_reps; k++) printf("%s%.6g", k ? ", " : "", r->bw[k]);
+                printf("], \"stolen_per_rep\": [");
+                for (int k = 0; k < r->n_reps; k++) printf("%s%.4f", k ? ", " : "", r->stolen[k]);
                 printf("]");
             }
             if (roofline && r->flops_per_run > 0 && peak > 0)
