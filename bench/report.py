@@ -95,6 +95,7 @@ def main():
         vals = sorted(v for v in vals if v > 0)
         return vals[len(vals) // 2] if len(vals) % 2 else (0.5 * (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) if vals else 0)
     bw_all = [r.get("bandwidth_bytes_per_s", 0) for r in reports]
+    wbw_all = [r.get("weights_bandwidth_bytes_per_s", 0) for r in reports]
     bw_max = median(bw_all)
     # tg reps carry the bandwidth measured right before each of them (kiln bench --roofline)
     bw_reps = sorted(b for r in reports for x in r["results"] for b in x.get("bw_per_rep", []) if b > 0)
@@ -139,7 +140,10 @@ def main():
             "| OS kernel | %s |" % m["kernel"],
             "| measured read bandwidth (all threads, 1 GiB buffer; median of the runs) | %.1f GB/s (runs: %s) |"
             % (bw_max / 1e9, ", ".join("%.1f" % (v / 1e9) for v in sorted(bw_all))),
-            "| the same, measured right before each tg rep (%d measurements) | median %.1f GB/s, range %.1f-%.1f |"
+            "| measured read bandwidth of each model's own weight memory (the packed copy; median of the runs) | %.1f GB/s (runs: %s) |"
+            % (median(wbw_all) / 1e9, ", ".join("%.1f" % (v / 1e9) for v in sorted(wbw_all))) if any(wbw_all) else
+            "| read bandwidth of the models' weight memory | not measured |",
+            "| the same, right before each tg rep (%d measurements; the tg ceilings) | median %.1f GB/s, range %.1f-%.1f |"
             % (len(bw_reps), median(bw_reps) / 1e9, bw_reps[0] / 1e9, bw_reps[-1] / 1e9) if bw_reps else
             "| the same, before each tg rep | not measured |",
             "| time the host took from the benchmark's threads (0.1 s clock-reading probe before each tg rep, gaps > 20 us) | median %.1f%%, range %.1f-%.1f%% |"
@@ -236,9 +240,12 @@ def main():
                                                      r["weight_bytes"] / 1048576, " | ".join(cells)))
             lines.append("")
             lines.append("% of bw: weight + KV bytes read per decode step x steps/s of a rep, over the"
-                         " read bandwidth measured right before that rep (the ceiling of batch-1 decode;"
-                         " this VM's bandwidth swings between about 20 and 52 GB/s from one second to the"
-                         " next), median over the reps. % of FMA / INT8 peak: 2 x params +"
+                         " read bandwidth of the model's own weight memory measured right before that rep"
+                         " (the ceiling of batch-1 decode), median over the reps. In this VM two"
+                         " allocations can read at 30 and at 50 GB/s at the same moment (where the host"
+                         " placed their pages) and the figure drifts with the host's load, so neither"
+                         " the 1 GiB buffer above nor one measurement for all reps is these reps' ceiling."
+                         " % of FMA / INT8 peak: 2 x params +"
                          " attention operations per token x tok/s, over the measured FP32 FMA peak"
                          " (F16) or INT8 dot peak (quantized types, whose matmuls run on int8 dot"
                          " products).")

@@ -64,6 +64,8 @@ struct kiln_model {
     kiln_mat output;       /* (n_vocab, n_embd); == tok_embd when tied */
     kiln_layer *layers;    /* (n_layer,) owned */
     void *pack_mem;        /* owned allocation holding every kiln_mat.packed, or NULL */
+    const void *pack_base; /* the packed matrices: pack_total bytes from here (2 MiB aligned) */
+    size_t pack_total;
     kiln_scratch s;
 };
 

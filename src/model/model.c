@@ -353,6 +353,8 @@ static kiln_err pack_model(kiln_model *m, const char *path) {
         w->packed = base + off;
         off += (n + 63) & ~(size_t)63;
     }
+    m->pack_base = base;
+    m->pack_total = total;
     return KILN_OK;
 }
 
@@ -451,3 +453,13 @@ void kiln_model_free(kiln_model *m) {
 const kiln_hparams *kiln_model_hparams(const kiln_model *m) { return &m->hp; }
 
 const kiln_gguf *kiln_model_gguf(const kiln_model *m) { return m->gguf; }
+
+void kiln_model_weight_memory(const kiln_model *m, const void **base, size_t *bytes) {
+    if (m->pack_base) {
+        *base = m->pack_base;
+        *bytes = m->pack_total;
+    } else {
+        *base = m->gguf->base;
+        *bytes = m->gguf->size;
+    }
+}

@@ -56,6 +56,9 @@ void kiln_model_free(kiln_model *m); /* NULL is a no-op */
 const kiln_hparams *kiln_model_hparams(const kiln_model *m);
 /* The underlying GGUF file (for the tokenizer and chat template metadata). */
 const kiln_gguf *kiln_model_gguf(const kiln_model *m);
+/* The memory a forward streams its matmul weights from, for benchmarks: the packed copy when the
+ * kernel table made one (64-byte aligned), else the whole mapped file (page aligned). */
+void kiln_model_weight_memory(const kiln_model *m, const void **base, size_t *bytes);
 
 /* ---- paged KV cache ----
  * A fixed pool of blocks of `block_size` token slots each, allocated once from a byte budget.

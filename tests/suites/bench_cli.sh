@@ -41,6 +41,7 @@ for x in r["results"]:
         assert abs(x["bw_fraction_median"] - fr[1]) <= 1e-3 * fr[1] + 1e-6, (x, fr)
         assert len(x["stolen_per_rep"]) == 3 and all(0 <= v <= 1 for v in x["stolen_per_rep"]), x
 assert r["bandwidth_bytes_per_s"] > 1e8 and r["fma_peak_flops"] > 1e8, r
+assert r["weights_bandwidth_bytes_per_s"] > 1e8, r
 assert r["pp_ceiling"] == ("int8" if r["int8_peak_ops"] > 0 else "fp32"), r
 g = gguf.Reader(sys.argv[1])
 want = sum(gguf.tensor_nbytes(t.type, int(__import__("numpy").prod(t.ne)))
