@@ -60,6 +60,24 @@ static uint8_t *random_weights(kiln_wtype t, int64_t n_out, int64_t n_in, kiln_r
 typedef void (*matmul_fn)(kiln_wtype, const void *, size_t, int64_t, int64_t, const float *, int64_t, float *,
                           int);
 
+/* The double reference of one output: *s = sum(wf * xq) over n_in, *m = sum|wf * xq|, and *e the
+ * integer path's rounding bound, sum over groups of ab activations of amax(|xq|) / 254 * sum|wf|. */
+static void ref_dot(const float *wf, const float *xq, int64_t n_in, int64_t ab, double *s, double *m, double *e) {
+    *s = *m = *e = 0;
+    for (int64_t i = 0; i < n_in; i++) {
+        *s += (double)wf[i] * xq[i];
+        *m += fabs((double)wf[i] * xq[i]);
+    }
+    for (int64_t g = 0; g < n_in / ab; g++) {
+        double amax = 0, wsum = 0;
+        for (int64_t i = ab * g; i < ab * g + ab; i++) {
+            amax = fmax(amax, fabs(xq[i]));
+            wsum += fabs(wf[i]);
+        }
+        *e += amax / 254 * wsum;
+    }
+}
+
 /* Every matmul entry point against sum(dequant(w) * x) in double. ref (float activations):
  * within 1e-5 of sum |w * x|. The others may round activations to int8 per 32 (scale amax / 127,
  * so each x moves by at most amax / 254): within sum_g amax_g / 254 * sum_{i in g} |w_i| more. */
@@ -94,22 +112,9 @@ static void matmul_vs_double(void) {
                     for (int64_t i = 0; i < n_x * n_in; i++) x[i] = (float)(kiln_rng_uniform(&r) * 2 - 1);
                     for (int64_t o = 0; o < n_out; o++) {
                         kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
-                        for (int64_t q = 0; q < n_x; q++) {
-                            double s = 0, m = 0, e = 0;
-                            for (int64_t i = 0; i < n_in; i++) {
-                                s += (double)wf[i] * x[q * n_in + i];
-                                m += fabs((double)wf[i] * x[q * n_in + i]);
-                            }
-                            for (int64_t g = 0; g < n_in / ab; g++) {
-                                double amax = 0, wsum = 0;
-                                for (int64_t i = ab * g; i < ab * g + ab; i++) {
-                                    amax = fmax(amax, fabs(x[q * n_in + i]));
-                                    wsum += fabs(wf[i]);
-                                }
-                                e += amax / 254 * wsum;
-                            }
-                            want[q * n_out + o] = s, mag[q * n_out + o] = m, qerr[q * n_out + o] = e;
-                        }
+                        for (int64_t q = 0; q < n_x; q++)
+                            ref_dot(wf, x + q * n_in, n_in, ab, &want[q * n_out + o], &mag[q * n_out + o],
+                                    &qerr[q * n_out + o]);
                     }
                     for (size_t fi = 0; fi < KILN_ARRAY_LEN(fns); fi++) {
                         fns[fi].f(t, w, rb, n_out, n_in, x, n_x, y, 2);
@@ -176,19 +181,8 @@ static int check_vs_double(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_
     for (int64_t o = 0; o < n_out; o++) {
         kiln_kquant_dequant_row(t, w + (size_t)o * rb, wf, n_in);
         for (int64_t q = 0; q < n_x; q++) {
-            double s = 0, m = 0, e = 0;
-            for (int64_t i = 0; i < n_in; i++) {
-                s += (double)wf[i] * x[q * n_in + i];
-                m += fabs((double)wf[i] * x[q * n_in + i]);
-            }
-            for (int64_t g = 0; g < n_in / ab; g++) {
-                double amax = 0, wsum = 0;
-                for (int64_t i = ab * g; i < ab * g + ab; i++) {
-                    amax = fmax(amax, fabs(x[q * n_in + i]));
-                    wsum += fabs(wf[i]);
-                }
-                e += amax / 254 * wsum;
-            }
+            double s, m, e;
+            ref_dot(wf, x + q * n_in, n_in, ab, &s, &m, &e);
             double got = y[q * n_out + o];
             if (!(fabs(got - s) <= 1e-5 * m + 1.0001 * e + 1e-30) && n_bad++ < 3)
                 CHECK_MSG(0, "%s type %d (%lld x %lld) @ x (%lld): y[%lld][%lld] = %.9g, want %.9g", what, (int)t,
