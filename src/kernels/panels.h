@@ -68,7 +68,8 @@ static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
     const kiln_pmat *M = &j->mats[mi];
     int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
     int np = (int)KILN_MIN(2, n_panels - p);
-    int64_t c0 = rb * KILN_PANEL_ROW_BLOCK, c1 = KILN_MIN(j->n_x, c0 + KILN_PANEL_ROW_BLOCK);
+    /* raw weights: every row against the panel just packed (one row block of all n_x rows) */
+    int64_t c0 = rb * KILN_PANEL_ROW_BLOCK, c1 = j->pack ? j->n_x : KILN_MIN(j->n_x, c0 + KILN_PANEL_ROW_BLOCK);
     const uint8_t *panels;
     if (j->pack) {
         uint8_t *buf = kiln_pool_scratch(KILN_SCRATCH_PANELS, 2 * j->pb);

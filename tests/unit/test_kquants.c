@@ -89,14 +89,14 @@ static void matmul_vs_double(void) {
         const char *name;
         matmul_fn f;
     } fns[] = {{"ref", kiln_kernels_ref.matmul}, {def->name, def->matmul}, {"kquant", kiln_kquant_matmul}};
-    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 6};
+    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 6, 70}; /* 70: over one row block (64) */
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
         kiln_wtype t = TYPES[ti];
         size_t be = 0;
         kiln_wtype_block(t, &be, NULL);
         int64_t n_ins[] = {(int64_t)be, (int64_t)be * 3, be == 32 ? 288 : 1024};
         for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 3; b++)
+            for (int b = 0; b < 4; b++)
                 for (int c = 0; c < 3; c++) {
                     int64_t n_out = n_outs[a], n_x = n_xs[b], n_in = n_ins[c];
                     /* activation scales per 256 for the K-quants (as ggml's Q8_K), else per 32 */
