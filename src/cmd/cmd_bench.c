@@ -101,40 +101,60 @@ __attribute__((target("avx2"))) static uint64_t sum_words_avx2(const uint64_t *p
     return o[0] + o[1] + o[2] + o[3];
 }
 
-/* 12 independent FMA chains of 8 floats (two FMA pipes x latency 4 need 8): iters * 12 * 16 flops. */
+/* 16 independent FMA chains of 8 floats (two FMA pipes x latency 4 need 8): iters * 16 * 16 flops. */
 __attribute__((target("avx2,fma"))) static float fma_loop(long iters, float seed) {
-    __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
-    __m256 c0 = _mm256_set1_ps(seed), c1 = _mm256_add_ps(c0, a), c2 = _mm256_add_ps(c1, a), c3 = _mm256_add_ps(c2, a);
-    __m256 c4 = _mm256_add_ps(c3, a), c5 = _mm256_add_ps(c4, a), c6 = _mm256_add_ps(c5, a), c7 = _mm256_add_ps(c6, a);
-    __m256 c8 = _mm256_add_ps(c7, a), c9 = _mm256_add_ps(c8, a), c10 = _mm256_add_ps(c9, a), c11 = _mm256_add_ps(c10, a);
-    for (long i = 0; i < iters; i++) {
-        c0 = _mm256_fmadd_ps(c0, m, a), c1 = _mm256_fmadd_ps(c1, m, a), c2 = _mm256_fmadd_ps(c2, m, a);
-        c3 = _mm256_fmadd_ps(c3, m, a), c4 = _mm256_fmadd_ps(c4, m, a), c5 = _mm256_fmadd_ps(c5, m, a);
-        c6 = _mm256_fmadd_ps(c6, m, a), c7 = _mm256_fmadd_ps(c7, m, a), c8 = _mm256_fmadd_ps(c8, m, a);
-        c9 = _mm256_fmadd_ps(c9, m, a), c10 = _mm256_fmadd_ps(c10, m, a), c11 = _mm256_fmadd_ps(c11, m, a);
+    __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f), c[16];
+    for (int i = 0; i < 16; i++) c[i] = _mm256_set1_ps(seed + 1e-3f * (float)i);
+    for (long it = 0; it < iters; it++) {
+        #pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) c[i] = _mm256_fmadd_ps(c[i], m, a); /* in place: vfmadd213ps */
     }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
-                             _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
+    __m256 s = c[0];
+    for (int i = 1; i < 16; i++) s = _mm256_add_ps(s, c[i]);
     float out[8];
     _mm256_storeu_ps(out, s);
     return out[0];
 }
 
-
-/* 12 independent chains of 512-bit vpdpbusd (64 u8 x s8 products each): iters * 12 * 64 MACs. */
-__attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, int seed) {
-    __m512i w = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
-    __m512i c[12];
-    for (int i = 0; i < 12; i++) c[i] = _mm512_set1_epi32(seed + i);
+/* The same with 512-bit vectors where the CPU has AVX-512 (a core that executes two 512-bit FMAs
+ * a cycle does twice the flops of the 256-bit loop): iters * 16 * 32 flops. */
+__attribute__((target("avx512f"))) static float fma512_loop(long iters, float seed) {
+    __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f), c[16];
+    for (int i = 0; i < 16; i++) c[i] = _mm512_set1_ps(seed + 1e-3f * (float)i);
     for (long it = 0; it < iters; it++) {
-        #pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) c[i] = _mm512_dpbusd_epi32(c[i], w, x); /* unrolled: c in registers */
+        #pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) c[i] = _mm512_fmadd_ps(c[i], m, a);
     }
-    __m512i s = c[0];
-    for (int i = 1; i < 12; i++) s = _mm512_xor_si512(s, c[i]); /* keeps the chains live, cannot overflow */
-    return _mm_cvtsi128_si32(_mm512_castsi512_si128(s));
+    __m512 s = c[0];
+    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, c[i]);
+    return _mm512_reduce_add_ps(s);
 }
+
+/* 16 independent chains of 512-bit vpdpbusd (64 u8 x s8 products each): iters * 16 * 64 MACs.
+ * In asm, accumulating in place: GCC copies the accumulator of the intrinsic every step (the
+ * instruction overwrites it), and those copies halved the measured rate. */
+#define DOT_STEP(c) __asm__("vpdpbusd %1, %2, %0" : "+v"(c) : "v"(x), "v"(w))
+__attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, int seed) {
+    const __m512i w = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
+    /* named variables, not an array: GCC shuffles an array's elements between registers */
+    __m512i c0 = _mm512_set1_epi32(seed), c1 = _mm512_set1_epi32(seed + 1), c2 = _mm512_set1_epi32(seed + 2),
+            c3 = _mm512_set1_epi32(seed + 3), c4 = _mm512_set1_epi32(seed + 4), c5 = _mm512_set1_epi32(seed + 5),
+            c6 = _mm512_set1_epi32(seed + 6), c7 = _mm512_set1_epi32(seed + 7), c8 = _mm512_set1_epi32(seed + 8),
+            c9 = _mm512_set1_epi32(seed + 9), c10 = _mm512_set1_epi32(seed + 10), c11 = _mm512_set1_epi32(seed + 11),
+            c12 = _mm512_set1_epi32(seed + 12), c13 = _mm512_set1_epi32(seed + 13), c14 = _mm512_set1_epi32(seed + 14),
+            c15 = _mm512_set1_epi32(seed + 15);
+    for (long it = 0; it < iters; it++) {
+        DOT_STEP(c0); DOT_STEP(c1); DOT_STEP(c2); DOT_STEP(c3); DOT_STEP(c4); DOT_STEP(c5); DOT_STEP(c6); DOT_STEP(c7);
+        DOT_STEP(c8); DOT_STEP(c9); DOT_STEP(c10); DOT_STEP(c11); DOT_STEP(c12); DOT_STEP(c13); DOT_STEP(c14);
+        DOT_STEP(c15);
+    }
+    __m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c0, c1), _mm512_xor_si512(c2, c3)),
+                                 _mm512_xor_si512(_mm512_xor_si512(c4, c5), _mm512_xor_si512(c6, c7)));
+    s = _mm512_xor_si512(s, _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c8, c9), _mm512_xor_si512(c10, c11)),
+                                             _mm512_xor_si512(_mm512_xor_si512(c12, c13), _mm512_xor_si512(c14, c15))));
+    return _mm_cvtsi128_si32(_mm512_castsi512_si128(s)); /* keeps the chains live; xor cannot overflow */
+}
+#undef DOT_STEP
 #endif
 
 /* A buffer for bandwidth passes: written once, so that its pages are mapped. */
@@ -233,6 +253,7 @@ static double median_bw(const result *r) {
 /* One thread's share of a peak measurement: runs a loop of `iters` iterations, returns a value
  * that keeps its results live. */
 static int peak_fma(long iters, int seed) { return fma_loop(iters, (float)seed) > 0; }
+static int peak_fma512(long iters, int seed) { return fma512_loop(iters, (float)seed) > 0; }
 
 /* Best of 3 passes of loop on every thread: ops_per_iter * iters * nt / seconds. */
 static double measure_peak(int nt, int (*loop)(long, int), double ops_per_iter) {
@@ -258,8 +279,9 @@ static double measure_peak(int nt, int (*loop)(long, int), double ops_per_iter) 
 static double measure_fma_peak(int nt) {
 #ifdef HAVE_AVX2_BENCH
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return measure_peak(nt, peak_fma512, 16 * 32);
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
-    return measure_peak(nt, peak_fma, 12 * 16);
+    return measure_peak(nt, peak_fma, 16 * 16);
 #else
     (void)nt;
     return 0;
@@ -272,7 +294,7 @@ static double measure_int8_peak(int nt) {
 #ifdef HAVE_AVX2_BENCH
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vnni")) return 0;
-    return measure_peak(nt, dot_loop, 12 * 64 * 2);
+    return measure_peak(nt, dot_loop, 16 * 64 * 2);
 #else
     (void)nt;
     return 0;
