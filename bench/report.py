@@ -100,6 +100,9 @@ def main():
     # tg reps carry the bandwidth measured right before each of them (kiln bench --roofline)
     bw_reps = sorted(b for r in reports for x in r["results"] for b in x.get("bw_per_rep", []) if b > 0)
     stolen = sorted(v for r in reports for x in r["results"] for v in x.get("stolen_per_rep", []))
+    # pp reps carry the compute peak measured right before each of them
+    pp_peaks = {kind: sorted(p for r in reports if r.get("pp_ceiling") == kind for x in r["results"]
+                             for p in x.get("peak_per_rep", []) if p > 0) for kind in ("fp32", "int8")}
     peak_max = median([r.get("fma_peak_flops", 0) for r in reports])
     int8_max = median([r.get("int8_peak_ops", 0) for r in reports])
     lines = [BEGIN, "# Engine benchmarks (`make bench`)", ""]
@@ -151,6 +154,11 @@ def main():
             "| time the host took, before each tg rep | not measured |",
             "| measured FP32 FMA peak (all threads; median) | %.0f GFLOP/s |" % (peak_max / 1e9),
             "| measured INT8 dot peak (all threads, AVX-512 VNNI; median) | %.0f GOP/s |" % (int8_max / 1e9),
+        ] + [
+            "| the %s peak right before each pp rep (%d measurements; the pp ceilings) | median %.0f, range %.0f-%.0f G/s |"
+            % ("FP32 FMA" if kind == "fp32" else "INT8 dot", len(v), median(v) / 1e9, v[0] / 1e9, v[-1] / 1e9)
+            for kind, v in sorted(pp_peaks.items()) if v
+        ] + [
             "| issue 6's figures for this machine type | ~40 GB/s read, ~490 GFLOP/s FP32 FMA, ~1.9 TOP/s int8 dot |",
             "",
             "The ceilings are measured by `kiln bench --roofline` (best of a few short passes); when other"
@@ -194,7 +202,9 @@ def main():
                     x = res[t]
                     c = "%s (%s)" % (fmt(x["tps_median"]), fmt(x["tps_best"]))
                     ceil, cname = (int8_max, "INT8 peak") if r.get("pp_ceiling") == "int8" else (peak_max, "FMA peak")
-                    if "flops_per_token" in x and ceil > 0:
+                    if "peak_per_rep" in x:    # paired: each rep against the peak measured before it
+                        c += ", %.0f%% of %s" % (100 * x["peak_fraction_median"], cname)
+                    elif "flops_per_token" in x and ceil > 0:
                         c += ", %.0f%% of %s" % (100 * x["tps_median"] * x["flops_per_token"] / ceil, cname)
                     if lc and t == "pp512":
                         ratio = x["tps_median"] / lc[0]
@@ -246,9 +256,11 @@ def main():
                          " placed their pages) and the figure drifts with the host's load, so neither"
                          " the 1 GiB buffer above nor one measurement for all reps is these reps' ceiling."
                          " % of FMA / INT8 peak: 2 x params +"
-                         " attention operations per token x tok/s, over the measured FP32 FMA peak"
+                         " attention operations per token x tok/s, over the FP32 FMA peak"
                          " (F16) or INT8 dot peak (quantized types, whose matmuls run on int8 dot"
-                         " products).")
+                         " products) measured right before the rep, median over the reps: the compute"
+                         " this VM's two threads get also changes with the host's load (the same"
+                         " loop measured 1.6 and 0.85 TOP/s of int8 dots an hour apart).")
             lines.append("")
             if checks:
                 lines += ["Targets of issue 6 (this run):", "", "| target | measured | |", "|---|---:|---|"]

@@ -57,6 +57,7 @@ typedef struct result {
     double bw[MAX_REPS];   /* tg with --roofline: the bandwidth measured right before each rep */
     double stolen[MAX_REPS]; /* ... and the share of time the threads lost then (measure_stolen) */
     double flops_per_run;  /* pp */
+    double peak[MAX_REPS]; /* pp with --roofline: the compute peak measured right before each rep */
 } result;
 
 static int cmp_double(const void *a, const void *b) {
@@ -241,12 +242,23 @@ static double paired_bw_fraction(const result *r) {
     return r->n_reps % 2 ? f[r->n_reps / 2] : 0.5 * (f[r->n_reps / 2 - 1] + f[r->n_reps / 2]);
 }
 
-/* The median of r's per-rep bandwidths. */
-static double median_bw(const result *r) {
+/* The median over r's reps of (rep's ops/s / compute peak measured before it); 0 when one is missing. */
+static double paired_peak_fraction(const result *r) {
+    double f[MAX_REPS];
+    for (int k = 0; k < r->n_reps; k++) {
+        if (r->peak[k] <= 0 || r->secs[k] <= 0) return 0;
+        f[k] = r->flops_per_run / r->secs[k] / r->peak[k];
+    }
+    qsort(f, (size_t)r->n_reps, sizeof(double), cmp_double);
+    return r->n_reps % 2 ? f[r->n_reps / 2] : 0.5 * (f[r->n_reps / 2 - 1] + f[r->n_reps / 2]);
+}
+
+/* The median of n (1..MAX_REPS) values. */
+static double median_of(const double *v, int n) {
     double b[MAX_REPS];
-    memcpy(b, r->bw, sizeof(double) * (size_t)r->n_reps);
-    qsort(b, (size_t)r->n_reps, sizeof(double), cmp_double);
-    return r->n_reps % 2 ? b[r->n_reps / 2] : 0.5 * (b[r->n_reps / 2 - 1] + b[r->n_reps / 2]);
+    memcpy(b, v, sizeof(double) * (size_t)n);
+    qsort(b, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? b[n / 2] : 0.5 * (b[n / 2 - 1] + b[n / 2]);
 }
 
 #ifdef HAVE_AVX2_BENCH
@@ -288,12 +300,21 @@ static double measure_fma_peak(int nt) {
 #endif
 }
 
+/* Whether the CPU has AVX-512 VNNI (the int8 dot products of the quantized matmuls). */
+static bool have_int8_dot(void) {
+#ifdef HAVE_AVX2_BENCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
 /* INT8 dot-product ops/s (2 per u8 x s8 multiply-add) with every thread, measured with AVX-512
  * VNNI (0 when the CPU has none): the ceiling of the integer matmul path of quantized types. */
 static double measure_int8_peak(int nt) {
 #ifdef HAVE_AVX2_BENCH
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vnni")) return 0;
+    if (!have_int8_dot()) return 0;
     return measure_peak(nt, dot_loop, 16 * 64 * 2);
 #else
     (void)nt;
@@ -525,6 +546,9 @@ int kiln_cmd_bench(int argc, char **argv) {
         err = KILN_ERR_INVALID;
         goto out_err;
     }
+    const int team = nt > 0 ? nt : omp_get_num_procs();
+    /* pp of a quantized model runs on integer dot products: that is its compute ceiling */
+    const bool pp_int8 = mostly_integer(B.m) && have_int8_dot();
     if (p > 0) {
         result *r = &res[n_res++];
         memset(r, 0, sizeof(*r));
@@ -534,14 +558,17 @@ int kiln_cmd_bench(int argc, char **argv) {
         /* matmuls 2 * params per token; attention 4 * n_head * head_dim per cached position */
         r->flops_per_run = 2.0 * w_params * (double)p +
                            4.0 * hp->n_layer * (double)hp->n_head * hp->head_dim * (double)p * (double)(p + 1) / 2;
-        for (int k = 0; k < reps; k++)
+        for (int k = 0; k < reps; k++) {
+            /* like the bandwidth, the compute this VM's threads get changes with the host's load
+             * (the same loop measured 1.6 and 0.85 TOP/s of int8 dots an hour apart) */
+            if (roofline) r->peak[k] = pp_int8 ? measure_int8_peak(team) : measure_fma_peak(team);
             if ((r->secs[r->n_reps++] = run_pp(&B, (int)p, (int)ubatch)) < 0) {
                 err = KILN_ERR_INVALID;
                 goto out_err;
             }
+        }
         summarize(r);
     }
-    const int team = nt > 0 ? nt : omp_get_num_procs();
     /* A tg rep's ceiling is the read bandwidth of the very memory it streams: in a VM, two
      * allocations of the same size can read at 30 and at 50 GB/s (where the host placed them) */
     const void *wbase;
@@ -579,8 +606,7 @@ int kiln_cmd_bench(int argc, char **argv) {
         fma_peak = measure_fma_peak(team);
         int8_peak = measure_int8_peak(team);
         peak = fma_peak;
-        /* pp of a quantized model runs on integer dot products: that is its compute ceiling */
-        if (mostly_integer(B.m) && int8_peak > 0) peak = int8_peak, peak_name = "INT8 dot peak", peak_unit = "GOP/s";
+        if (pp_int8 && int8_peak > 0) peak = int8_peak, peak_name = "INT8 dot peak", peak_unit = "GOP/s";
     }
 
     const char *kernels = kiln_kernels_get()->name;
@@ -610,9 +636,12 @@ int kiln_cmd_bench(int argc, char **argv) {
                 for (int k = 0; k < r->n_reps; k++) printf("%s%.4f", k ? ", " : "", r->stolen[k]);
                 printf("]");
             }
-            if (roofline && r->flops_per_run > 0 && peak > 0)
-                printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.4f", r->flops_per_run / r->n_tokens,
-                       r->median_tps * r->flops_per_run / r->n_tokens / peak);
+            if (roofline && r->flops_per_run > 0 && paired_peak_fraction(r) > 0) {
+                printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.4f, \"peak_per_rep\": [",
+                       r->flops_per_run / r->n_tokens, paired_peak_fraction(r));
+                for (int k = 0; k < r->n_reps; k++) printf("%s%.6g", k ? ", " : "", r->peak[k]);
+                printf("]");
+            }
             printf("}");
         }
         printf("\n]}\n");
@@ -632,10 +661,10 @@ int kiln_cmd_bench(int argc, char **argv) {
             printf("| %s | %.2f | %.2f |", r->name, r->median_tps, r->best_tps);
             if (roofline && r->bytes_per_step > 0 && paired_bw_fraction(r) > 0)
                 printf(" %.0f%% of bandwidth (%.1f GB/s of %.1f) |", 100 * paired_bw_fraction(r),
-                       r->median_tps / r->batch * r->bytes_per_step / 1e9, median_bw(r) / 1e9);
-            else if (roofline && r->flops_per_run > 0 && peak > 0)
-                printf(" %.0f%% of %s (%.0f %s) |", 100 * r->median_tps * r->flops_per_run / r->n_tokens / peak,
-                       peak_name, r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit);
+                       r->median_tps / r->batch * r->bytes_per_step / 1e9, median_of(r->bw, r->n_reps) / 1e9);
+            else if (roofline && r->flops_per_run > 0 && paired_peak_fraction(r) > 0)
+                printf(" %.0f%% of %s (%.0f %s of %.0f) |", 100 * paired_peak_fraction(r), peak_name,
+                       r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit, median_of(r->peak, r->n_reps) / 1e9);
             else if (roofline)
                 printf(" - |");
             printf("\n");

@@ -40,6 +40,12 @@ for x in r["results"]:
         fr = sorted(x["tokens"] / x["batch"] / s * x["bytes_per_step"] / b for s, b in zip(x["secs"], bw))
         assert abs(x["bw_fraction_median"] - fr[1]) <= 1e-3 * fr[1] + 1e-6, (x, fr)
         assert len(x["stolen_per_rep"]) == 3 and all(0 <= v <= 1 for v in x["stolen_per_rep"]), x
+    else:
+        # each rep against the compute peak measured right before it; the median of those fractions
+        pk = x["peak_per_rep"]
+        assert len(pk) == 3 and min(pk) > 1e8, x
+        fr = sorted(x["tokens"] * x["flops_per_token"] / s / p for s, p in zip(x["secs"], pk))
+        assert abs(x["peak_fraction_median"] - fr[1]) <= 1e-3 * fr[1] + 1e-6, (x, fr)
 assert r["bandwidth_bytes_per_s"] > 1e8 and r["fma_peak_flops"] > 1e8, r
 assert r["weights_bandwidth_bytes_per_s"] > 1e8, r
 assert r["pp_ceiling"] == ("int8" if r["int8_peak_ops"] > 0 else "fp32"), r
