@@ -14,6 +14,10 @@
 #include <immintrin.h>
 #include <string.h>
 
+/* Prefetch hint of a tile of C activation rows, and the single-row tile's distance in bytes. */
+#define PF_HINT(C) ((C) == 1 ? _MM_HINT_T0 : _MM_HINT_T1)
+#define KQ_PF_DECODE 4096
+
 /* ---- packed layout ----
  * A packed matrix is a run of panels of PANEL = 16 consecutive output rows (the last one padded
  * with zero rows), each n_in / 256 super-blocks of sb_bytes(t), all 64-byte aligned. In the
@@ -290,11 +294,11 @@ static inline __attribute__((always_inline)) void lq_tile(kiln_wtype t, int NP, 
             const uint8_t *P = panel + p * pb, *qv = P + off_q + (size_t)b * 256;
             if (pf) {
                 #pragma GCC unroll 4
-                for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(qv + pf + 64 * l), _MM_HINT_T1);
-                if (t == KILN_WTYPE_Q5_0) _mm_prefetch((const char *)(P + off_h + (size_t)b * 64 + pf), _MM_HINT_T1);
+                for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(qv + pf + 64 * l), PF_HINT(C));
+                if (t == KILN_WTYPE_Q5_0) _mm_prefetch((const char *)(P + off_h + (size_t)b * 64 + pf), PF_HINT(C));
                 if ((b & 1) == 0) {
-                    _mm_prefetch((const char *)(P + (size_t)b * 32 + pf), _MM_HINT_T1);
-                    if (t == KILN_WTYPE_Q4_1) _mm_prefetch((const char *)(P + off_m + (size_t)b * 32 + pf), _MM_HINT_T1);
+                    _mm_prefetch((const char *)(P + (size_t)b * 32 + pf), PF_HINT(C));
+                    if (t == KILN_WTYPE_Q4_1) _mm_prefetch((const char *)(P + off_m + (size_t)b * 32 + pf), PF_HINT(C));
                 }
             }
             __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(P + (size_t)b * 32)));
@@ -340,8 +344,7 @@ static inline __attribute__((always_inline)) void lq_tile(kiln_wtype t, int NP, 
     }
 }
 
-/* pf > 0: while reading a panel, prefetch into L2 the bytes pf further on (the next panels this
- * thread reads). */
+/* pf > 0: while reading a panel, prefetch the bytes pf further on (into L1 for one row, else L2). */
 static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
                                                           size_t pb, size_t pf, const kact *a, int64_t c0,
                                                           float *y, int64_t n_out, int64_t o0) {
@@ -370,7 +373,7 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
                 if (pf) {
                     #pragma GCC unroll 8
                     for (size_t l = nl * j / 8; l < nl * (j + 1) / 8; l++)
-                        _mm_prefetch((const char *)(S + pf + 64 * l), _MM_HINT_T1);
+                        _mm_prefetch((const char *)(S + pf + 64 * l), PF_HINT(C));
                 }
                 __m512i wv[8];
                 const uint8_t *qv = S + OFF_QS + (size_t)j * 256;
@@ -467,13 +470,14 @@ static inline __attribute__((always_inline)) void kq_tile(kiln_wtype t, int NP, 
 static inline __attribute__((always_inline)) void kq_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
                                                               const kact *a, int64_t c0, int64_t c1, float *y,
                                                               int64_t n_out, int64_t o0) {
-    /* Prefetch distance: the same bytes of the next panels this thread reads (consecutive work
-     * items), from the first tile over a panel only. A fixed distance (avx512.c's 20 KB) lands
-     * inside the pair being read when a panel is near 20 KB: Q6_K decode then ran at 13 GB/s on
-     * one core instead of 19-21; and without prefetch 16 rows ran out-of-cache weights at 2/3 of
-     * their in-cache speed. */
+    /* Prefetch distance. One row (decode, two panels read side by side): KQ_PF_DECODE bytes on
+     * in each panel, into L1 (Q4_K_M decode 50-51 -> 63-72 tok/s against the next pair's bytes
+     * into L2, which it had before). Several rows: the same bytes of the next panels this thread
+     * reads (consecutive work items), from the first tile over a panel only; without prefetch 16
+     * rows ran out-of-cache weights at 2/3 of their in-cache speed. A distance near a panel's size
+     * lands inside the pair being read (Q6_K decode then ran at 13 GB/s on one core, not 19-21). */
     if (c1 - c0 == 1 && np == 2) {
-        kq_tile(t, 2, 1, panel, pb, 2 * pb, a, c0, y, n_out, o0);
+        kq_tile(t, 2, 1, panel, pb, KQ_PF_DECODE, a, c0, y, n_out, o0);
         return;
     }
     for (int p = 0; p < np; p++) {
