@@ -12,7 +12,7 @@
 #include "kernels/pool.h"
 
 #define KILN_PANEL_ROWS 16
-#define KILN_PANEL_ROW_BLOCK 64
+#define KILN_PANEL_ROW_BLOCK 128
 #define KILN_PANEL_MAX_MATS 4
 
 typedef struct kiln_panel_job kiln_panel_job;

@@ -220,9 +220,9 @@ static void simd_vs_ref_table(const kiln_kernels *T) {
             if (it == 1) n_out = 33, n_in = quant ? 32 * 81 : 67; /* > one panel chunk of blocks */
             check_table_matmul(T, types[ti], n_out, n_in, n_xs[it % KILN_ARRAY_LEN(n_xs)], &r);
         }
-        /* more activation rows than one row block of the panel job (64): the raw-weight path
+        /* more activation rows than one row block of the panel job (128): the raw-weight path
          * packs each panel once and runs every row against it */
-        check_table_matmul(T, types[ti], 21, quant ? 96 : 45, 131, &r);
+        check_table_matmul(T, types[ti], 21, quant ? 96 : 45, 261, &r);
     }
     /* dot and axpy over lengths around the vector widths */
     for (int n = 0; n < 80; n++) {

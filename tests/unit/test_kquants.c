@@ -89,7 +89,7 @@ static void matmul_vs_double(void) {
         const char *name;
         matmul_fn f;
     } fns[] = {{"ref", kiln_kernels_ref.matmul}, {def->name, def->matmul}, {"kquant", kiln_kquant_matmul}};
-    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 6, 70}; /* 70: over one row block (64) */
+    static const int64_t n_outs[] = {1, 7, 37}, n_xs[] = {1, 3, 6, 133}; /* 133: over one row block (128) */
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
         kiln_wtype t = TYPES[ti];
         size_t be = 0;
