@@ -1,5 +1,6 @@
 /* attnbench.c: attention playground. Times one kernel table's attn_chunk on cache-resident K/V
- * chunks (16 positions, as with the default 16-token cache blocks) for a few query counts (8: one
+ * chunks (32 positions in two segments of 16, as forward.c forms them over the default 16-token
+ * cache blocks) for a few query counts (8: one
  * decode row of TinyLlama's GQA group; 64: a prefill row group) and head dims, and reports the
  * best of 30 repeats as ns per (query, chunk) and GFMA/s (scores + weighted V rows: 2 * n * hd
  * multiply-adds per query). Single thread. The "rows" lines time the same update done the
@@ -27,7 +28,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "attnbench: table %s not built in or not supported by this CPU\n", argv[1]);
         return 1;
     }
-    const int n = 16, n_qs[] = {8, 64}, hds[] = {64, 128};
+    const int n = 32, n1 = 16, n_qs[] = {8, 64}, hds[] = {64, 128};
     kiln_rng r;
     kiln_rng_seed(&r, 1);
     printf("table %s, chunk of %d positions\n| op | queries | head_dim | ns per query-chunk | GFMA/s |\n|---|---:|---:|---:|---:|\n",
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
         for (size_t qi = 0; qi < sizeof(n_qs) / sizeof(n_qs[0]); qi++) {
             const int nq = n_qs[qi], iters = 200000 / nq / (hd / 64);
             kiln_attn_q qs[64];
+            const kiln_attn_kv ch = {k, v, k + (size_t)n1 * stride, v + (size_t)n1 * stride, stride, n, n1};
             for (int j = 0; j < nq; j++) qs[j] = (kiln_attn_q){q + (size_t)j * hd, acc + (size_t)j * hd, -INFINITY, 0, n};
             for (int rows = 0; rows < 2; rows++) {
                 double best = 1e30;
@@ -50,9 +52,8 @@ int main(int argc, char **argv) {
                     double t0 = now();
                     for (int it = 0; it < iters; it++) {
                         if (rows)
-                            kiln_attn_chunk_rows(T->dot_rows, T->axpy_rows, qs, nq, k, v, stride, n, hd,
-                                                 1.0f / sqrtf((float)hd));
-                        else T->attn_chunk(qs, nq, k, v, stride, n, hd, 1.0f / sqrtf((float)hd));
+                            kiln_attn_chunk_rows(T->dot_rows, T->axpy_rows, qs, nq, &ch, hd, 1.0f / sqrtf((float)hd));
+                        else T->attn_chunk(qs, nq, &ch, hd, 1.0f / sqrtf((float)hd));
                     }
                     double t = now() - t0;
                     best = t < best ? t : best;

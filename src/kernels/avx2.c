@@ -310,9 +310,8 @@ static void avx2_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot
     kiln_kernels_ref.rope(x, n_heads, head_dim, n_rot, pos, theta_base, freq_factors, rope_type);
 }
 /* attn_chunk the reference way with this table's row ops. */
-static void avx2_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                            int32_t hd, float scale) {
-    kiln_attn_chunk_rows(avx2_dot_rows, avx2_axpy_rows, qs, n_q, k, v, stride, n, hd, scale);
+static void avx2_attn_chunk(kiln_attn_q *qs, int n_q, const kiln_attn_kv *ch, int32_t hd, float scale) {
+    kiln_attn_chunk_rows(avx2_dot_rows, avx2_axpy_rows, qs, n_q, ch, hd, scale);
 }
 static void avx2_silu_mul(float *g, const float *u, int64_t n) { kiln_kernels_ref.silu_mul(g, u, n); }
 static void avx2_softmax(float *x, int64_t n) { kiln_kernels_ref.softmax(x, n); }

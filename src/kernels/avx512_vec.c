@@ -142,15 +142,16 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-/* k rows 0..n-1, columns d0..d0+dn-1 -> kt (dn, npad), positions n..npad-1 zero. */
-static void transpose_k(const float *k, size_t stride, int32_t n, int32_t d0, int32_t dn, int npad, float *kt) {
+/* K rows 0..n-1 of the chunk, columns d0..d0+dn-1 -> kt (dn, npad), positions n..npad-1 zero. */
+static void transpose_k(const kiln_attn_kv *ch, int32_t d0, int32_t dn, int npad, float *kt) {
+    const int32_t n = ch->n;
     for (int j0 = 0; j0 < npad; j0 += 16) {
         for (int32_t c0 = 0; c0 < dn; c0 += 16) {
             __m512 r[16];
             __mmask16 m = tail_mask(dn - c0);
             #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
-                r[i] = j0 + i < n ? _mm512_maskz_loadu_ps(m, k + (size_t)(j0 + i) * stride + d0 + c0) : _mm512_setzero_ps();
+                r[i] = j0 + i < n ? _mm512_maskz_loadu_ps(m, kiln_attn_k_row(ch, j0 + i) + d0 + c0) : _mm512_setzero_ps();
             transpose16(r);
             #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
@@ -188,7 +189,7 @@ static inline __attribute__((always_inline)) void scores_tile(const float *const
 
 /* acc (hd,) of V_TILE queries = acc * c + sum over i < n_see of p[16 i] * V_i, i in order. */
 static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TILE], const float c[V_TILE],
-                        const float *v, size_t stride, int32_t hd) {
+                        const kiln_attn_kv *ch, int32_t hd) {
     int32_t n_min = qs[0]->n_see, n_max = qs[0]->n_see, see[V_TILE];
     #pragma GCC unroll 16
     for (int t = 0; t < V_TILE; t++) {
@@ -211,7 +212,7 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
         }
         int32_t i = 0;
         for (; i < n_min; i++) {
-            const float *vi = v + (size_t)i * stride + c0;
+            const float *vi = kiln_attn_v_row(ch, i) + c0;
             __m512 x[4];
             #pragma GCC unroll 16
             for (int z = 0; z < 4; z++) x[z] = _mm512_maskz_loadu_ps(m[z], vi + (m[z] ? 16 * z : 0));
@@ -223,7 +224,7 @@ static void values_tile(kiln_attn_q *const qs[V_TILE], const float *const p[V_TI
             }
         }
         for (; i < n_max; i++) { /* the diagonal: only the queries that see position i */
-            const float *vi = v + (size_t)i * stride + c0;
+            const float *vi = kiln_attn_v_row(ch, i) + c0;
             __m512 x[4];
             #pragma GCC unroll 16
             for (int z = 0; z < 4; z++) x[z] = _mm512_maskz_loadu_ps(m[z], vi + (m[z] ? 16 * z : 0));
@@ -289,9 +290,10 @@ static void softmax16(kiln_attn_q *qs, int nt, float (*sc)[KILN_ATT_CHUNK], int 
     for (int t = 0; t < nt; t++) qs[t].m = mo[t], qs[t].l = lo[t], corr[t] = co[t];
 }
 
-void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                            int32_t hd, float scale) {
-    KILN_ASSERT(n >= 1 && n <= KILN_ATT_CHUNK && n_q >= 0 && n_q <= KILN_ATT_MAX_Q && hd >= 1);
+void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const kiln_attn_kv *ch, int32_t hd, float scale) {
+    const int32_t n = ch->n;
+    KILN_ASSERT(n >= 1 && n <= KILN_ATT_CHUNK && ch->n1 >= 1 && ch->n1 <= n && n_q >= 0 && n_q <= KILN_ATT_MAX_Q &&
+                hd >= 1);
     _Static_assert(KILN_ATT_CHUNK <= 32, "scores fit two vectors");
     if (n_q == 0) return;
     _Alignas(64) float kt[KT_FLOATS];
@@ -305,7 +307,7 @@ void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const floa
      * between slices, so each score is one FMA chain over d = 0..hd-1 whatever the slicing. */
     for (int32_t d0 = 0; d0 < hd; d0 += ds) {
         int32_t dn = hd - d0 < ds ? hd - d0 : ds;
-        transpose_k(k, stride, n, d0, dn, npad, kt);
+        transpose_k(ch, d0, dn, npad, kt);
         for (int t0 = 0; t0 < n_q; t0 += S_TILE) {
             const float *q[S_TILE];
             float *s[S_TILE];
@@ -333,6 +335,6 @@ void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const floa
             int j = t0 + t < n_q ? t0 + t : t0;
             q[t] = &qs[j], p[t] = &pt[j / 16][0][j % 16], c[t] = corr[j];
         }
-        values_tile(q, p, c, v, stride, hd);
+        values_tile(q, p, c, ch, hd);
     }
 }

@@ -11,15 +11,13 @@
  * dot_rows / axpy_rows and libm expf: ref.c's attn_chunk is this with ref's row ops. */
 void kiln_attn_chunk_rows(void (*dot_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
                           void (*axpy_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
-                          kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                          int32_t hd, float scale);
+                          kiln_attn_q *qs, int n_q, const kiln_attn_kv *c, int32_t hd, float scale);
 
 /* avx512_vec.c: the contracts of the kernels.h table ops of the same names. */
 void kiln_avx512_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *out);
 void kiln_avx512_silu_mul(float *g, const float *u, int64_t n);
 void kiln_avx512_softmax(float *x, int64_t n);
-void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                            int32_t hd, float scale);
+void kiln_avx512_attn_chunk(kiln_attn_q *qs, int n_q, const kiln_attn_kv *c, int32_t hd, float scale);
 /* y[i] = exp(x[i]) for i < n (y may be x): the vector exp the ops above use, within 2 ulp of
  * expf for finite results (0 below about -103.9, +inf above about 88.7, NaN stays NaN).
  * Exposed for its accuracy test. */

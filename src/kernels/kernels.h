@@ -117,6 +117,23 @@ typedef struct kiln_pmat {
 #define KILN_ATT_CHUNK 32
 #define KILN_ATT_MAX_Q 64
 
+/* The K and V rows of one attention chunk of n positions (hd floats each): rows i < n1 at
+ * k + i * stride and v + i * stride, rows n1 <= i < n at k2 + (i - n1) * stride and
+ * v2 + (i - n1) * stride. A chunk may span two cache blocks (n1 < n); k2, v2 are unused when
+ * n1 == n. */
+typedef struct kiln_attn_kv {
+    const float *k, *v, *k2, *v2;
+    size_t stride;
+    int32_t n, n1;
+} kiln_attn_kv;
+
+static inline const float *kiln_attn_k_row(const kiln_attn_kv *c, int32_t i) {
+    return i < c->n1 ? c->k + (size_t)i * c->stride : c->k2 + (size_t)(i - c->n1) * c->stride;
+}
+static inline const float *kiln_attn_v_row(const kiln_attn_kv *c, int32_t i) {
+    return i < c->n1 ? c->v + (size_t)i * c->stride : c->v2 + (size_t)(i - c->n1) * c->stride;
+}
+
 /* One query vector's online-softmax state across attn_chunk calls. Before the first chunk:
  * m = -INFINITY and l = 0 (acc is then ignored: it need not be initialized); after the last,
  * the attention output is acc / l. */
@@ -169,15 +186,15 @@ typedef struct kiln_kernels {
     /* y (n,) += w[i] * (v + i * stride) for i = 0, 1, ... n_rows - 1 in that order: a V chunk
      * weighted into an accumulator; bit-identical to n_rows calls of axpy. */
     void (*axpy_rows)(const float *w, const float *v, size_t stride, int64_t n_rows, int64_t n, float *y);
-    /* One chunk of n (1..KILN_ATT_CHUNK) cached positions, K rows k + i * stride and V rows
-     * v + i * stride (hd floats each), updates n_q (0..KILN_ATT_MAX_Q) query states: for each,
+    /* One chunk of c->n (1..KILN_ATT_CHUNK) cached positions, K rows kiln_attn_k_row(c, i) and
+     * V rows kiln_attn_v_row(c, i), updates n_q (0..KILN_ATT_MAX_Q) query states: for each,
      * s_i = dot(q, K_i) * scale for i < n_see; m' = max(m, max s_i); c = exp(m - m');
      * l = l * c + sum exp(s_i - m'); acc = acc * c + sum over i in order of exp(s_i - m') * V_i,
      * where acc * c is 0 when c is 0 (whatever acc held).
      * A query's result depends only on its own state, q, n_see and those n_see positions, never
-     * on n or on the other queries of the call (bit-identical however queries are grouped). */
-    void (*attn_chunk)(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                       int32_t hd, float scale);
+     * on n, on where the rows lie (one segment or two) or on the other queries of the call
+     * (bit-identical however queries are grouped). */
+    void (*attn_chunk)(kiln_attn_q *qs, int n_q, const kiln_attn_kv *c, int32_t hd, float scale);
 } kiln_kernels;
 
 /* True when the CPU has F16C (CPUID; clang's __builtin_cpu_supports does not know "f16c"). */

@@ -122,14 +122,16 @@ static void ref_axpy_rows(const float *w, const float *v, size_t stride, int64_t
  * the V rows in order (the online softmax written out). */
 void kiln_attn_chunk_rows(void (*dot_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
                           void (*axpy_rows)(const float *, const float *, size_t, int64_t, int64_t, float *),
-                          kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                          int32_t hd, float scale) {
-    KILN_ASSERT(n >= 1 && n <= KILN_ATT_CHUNK && n_q >= 0 && n_q <= KILN_ATT_MAX_Q && hd >= 1);
+                          kiln_attn_q *qs, int n_q, const kiln_attn_kv *ch, int32_t hd, float scale) {
+    KILN_ASSERT(ch->n >= 1 && ch->n <= KILN_ATT_CHUNK && ch->n1 >= 1 && ch->n1 <= ch->n && n_q >= 0 &&
+                n_q <= KILN_ATT_MAX_Q && hd >= 1);
     for (int j = 0; j < n_q; j++) {
         kiln_attn_q *a = &qs[j];
-        KILN_ASSERT(a->n_see >= 1 && a->n_see <= n);
+        KILN_ASSERT(a->n_see >= 1 && a->n_see <= ch->n);
         float s[KILN_ATT_CHUNK], bm = -INFINITY;
-        dot_rows(a->q, k, stride, a->n_see, hd, s);
+        const int32_t n_a = a->n_see < ch->n1 ? a->n_see : ch->n1; /* rows of the first segment */
+        dot_rows(a->q, ch->k, ch->stride, n_a, hd, s);
+        if (a->n_see > n_a) dot_rows(a->q, ch->k2, ch->stride, a->n_see - n_a, hd, s + n_a);
         for (int32_t i = 0; i < a->n_see; i++) {
             s[i] *= scale;
             bm = s[i] > bm ? s[i] : bm;
@@ -146,13 +148,13 @@ void kiln_attn_chunk_rows(void (*dot_rows)(const float *, const float *, size_t,
             s[i] = expf(s[i] - a->m);
             a->l += s[i];
         }
-        axpy_rows(s, v, stride, a->n_see, hd, a->acc);
+        axpy_rows(s, ch->v, ch->stride, n_a, hd, a->acc); /* the rows in order, as one call would */
+        if (a->n_see > n_a) axpy_rows(s + n_a, ch->v2, ch->stride, a->n_see - n_a, hd, a->acc);
     }
 }
 
-static void ref_attn_chunk(kiln_attn_q *qs, int n_q, const float *k, const float *v, size_t stride, int32_t n,
-                           int32_t hd, float scale) {
-    kiln_attn_chunk_rows(ref_dot_rows, ref_axpy_rows, qs, n_q, k, v, stride, n, hd, scale);
+static void ref_attn_chunk(kiln_attn_q *qs, int n_q, const kiln_attn_kv *ch, int32_t hd, float scale) {
+    kiln_attn_chunk_rows(ref_dot_rows, ref_axpy_rows, qs, n_q, ch, hd, scale);
 }
 
 /* Weight rows are dequantized CHUNK elements at a time (a multiple of every block size). */

@@ -147,14 +147,16 @@ static void add_bias(float *y, const float *bias, int32_t n_rows, int64_t width)
         for (int64_t i = 0; i < width; i++) y[r * width + i] += bias[i];
 }
 
-/* Positions per attention chunk (never across a cache block), and query heads per attn_chunk call. */
+/* Positions per attention chunk (a chunk spans up to two cache blocks), and query heads per
+ * attn_chunk call. */
 #define ATT_CHUNK KILN_ATT_CHUNK
 #define ATT_MAX_HEADS KILN_ATT_MAX_Q
 
 /* Rows rows[0..nr-1] of one sequence (increasing positions), each with the query heads q (ng, hd)
  * at q + r * qd that read the KV head at kv_off, attend over positions 0..pos of their own row:
- * out (ng, hd) at out + r * qd = softmax(q.K^T * scale) . V. The chunk grid (cache blocks cut into
- * ATT_CHUNK positions) is the same for every row, a row takes part in the chunks up to its own
+ * out (ng, hd) at out + r * qd = softmax(q.K^T * scale) . V. The chunk grid (runs of up to
+ * ATT_CHUNK positions over at most two cache blocks, set by the block size alone) is the same for
+ * every row, a row takes part in the chunks up to its own
  * position and sees the prefix of its last chunk up to it, and attn_chunk keeps every query's
  * arithmetic its own: a row's output is bit-identical whatever rows share the group. Each K/V
  * chunk is read once for the nr * ng queries. */
@@ -171,18 +173,28 @@ static void attend_group(const kiln_kernels *k, const kiln_kv *kv, int32_t il, c
         }
     const int32_t pos_max = rows[nr - 1].pos;
     int first = 0; /* rows before it are done: positions increase along the group */
+    const int32_t bs = kv->block_size;
     for (int32_t p0 = 0, n; p0 <= pos_max; p0 += n) {
-        int32_t slot0 = p0 % kv->block_size;
-        n = KILN_MIN(KILN_MIN(ATT_CHUNK, kv->block_size - slot0), pos_max + 1 - p0);
+        /* the rest of p0's block, and the chunk goes on into the next block while it has room
+         * (16-position blocks: chunks of 32, p0 a multiple of 32) */
+        int32_t slot0 = p0 % bs, blk = sq->block_table[p0 / bs];
+        kiln_attn_kv ch = {.stride = stride};
+        ch.n1 = n = KILN_MIN(KILN_MIN(ATT_CHUNK, bs - slot0), pos_max + 1 - p0);
+        ch.k = kiln_kv_k(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
+        ch.v = kiln_kv_v(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
+        if (n < ATT_CHUNK && p0 + n <= pos_max) {
+            int32_t blk2 = sq->block_table[(p0 + n) / bs];
+            n += KILN_MIN(KILN_MIN(ATT_CHUNK - n, bs), pos_max + 1 - (p0 + n));
+            ch.k2 = kiln_kv_k(kv, blk2, il) + (size_t)kv_off;
+            ch.v2 = kiln_kv_v(kv, blk2, il) + (size_t)kv_off;
+        }
+        ch.n = n;
         while (rows[first].pos < p0) first++;
         for (int r = first; r < nr; r++) {
             int32_t see = KILN_MIN(n, rows[r].pos + 1 - p0);
             for (int h = 0; h < ng; h++) qs[r * ng + h].n_see = see;
         }
-        int32_t blk = sq->block_table[p0 / kv->block_size];
-        const float *kb = kiln_kv_k(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
-        const float *vb = kiln_kv_v(kv, blk, il) + (size_t)slot0 * stride + (size_t)kv_off;
-        k->attn_chunk(qs + first * ng, (nr - first) * ng, kb, vb, stride, n, hd, scale);
+        k->attn_chunk(qs + first * ng, (nr - first) * ng, &ch, hd, scale);
     }
     for (int i = 0; i < nr * ng; i++) {
         float inv = 1.0f / qs[i].l;

@@ -43,8 +43,10 @@ static scen scen_make(kiln_rng *r, int hd, int n_pos, int n_q, float q_amp) {
 
 static void scen_free(scen *s) { free(s->k), free(s->v), free(s->q), free(s->last), free(s->chunk); }
 
-/* How the active queries of a chunk are split into calls. */
-enum { GROUP_ALL, GROUP_ALONE, GROUP_RANDOM };
+/* How the active queries of a chunk are split into calls; GROUP_SPLIT: all in one call, with the
+ * chunk's rows in two segments (split at a random row, the second segment a copy elsewhere) as
+ * when a chunk spans two cache blocks. */
+enum { GROUP_ALL, GROUP_ALONE, GROUP_RANDOM, GROUP_SPLIT };
 
 /* Runs the scenario through T's attn_chunk; st (n_q,) and acc (n_q, hd) hold the final states. */
 static void scen_run(const kiln_kernels *T, const scen *s, int mode, kiln_rng *r, kiln_attn_q *st, float *acc) {
@@ -55,9 +57,17 @@ static void scen_run(const kiln_kernels *T, const scen *s, int mode, kiln_rng *r
     }
     kiln_attn_q call[KILN_ATT_MAX_Q];
     int idx[KILN_ATT_MAX_Q];
+    float *k2 = malloc(sizeof(float) * s->stride * KILN_ATT_CHUNK), *v2 = malloc(sizeof(float) * s->stride * KILN_ATT_CHUNK);
     for (int c = 0, p0 = 0; c < s->n_chunks; p0 += s->chunk[c++]) {
         const int n = s->chunk[c];
-        const float *kb = s->k + (size_t)p0 * s->stride, *vb = s->v + (size_t)p0 * s->stride;
+        kiln_attn_kv ch = {.k = s->k + (size_t)p0 * s->stride, .v = s->v + (size_t)p0 * s->stride, .stride = s->stride,
+                           .n = n, .n1 = n};
+        if (mode == GROUP_SPLIT && n > 1) {
+            ch.n1 = 1 + (int)(kiln_rng_u64(r) % (uint64_t)(n - 1));
+            memcpy(k2, ch.k + (size_t)ch.n1 * s->stride, sizeof(float) * s->stride * (size_t)(n - ch.n1));
+            memcpy(v2, ch.v + (size_t)ch.n1 * s->stride, sizeof(float) * s->stride * (size_t)(n - ch.n1));
+            ch.k2 = k2, ch.v2 = v2;
+        }
         int n_act = 0;
         for (int j = 0; j < s->n_q; j++) {
             if (s->last[j] < p0) continue;
@@ -65,16 +75,19 @@ static void scen_run(const kiln_kernels *T, const scen *s, int mode, kiln_rng *r
             idx[n_act++] = j;
         }
         for (int a0 = 0; a0 < n_act;) {
-            int len = mode == GROUP_ALL ? n_act : mode == GROUP_ALONE ? 1 : 1 + (int)(kiln_rng_u64(r) % (uint64_t)n_act);
+            int len = mode == GROUP_ALL || mode == GROUP_SPLIT ? n_act
+                      : mode == GROUP_ALONE                  ? 1
+                                                             : 1 + (int)(kiln_rng_u64(r) % (uint64_t)n_act);
             len = KILN_MIN(len, n_act - a0);
-            int n_call = n;
+            kiln_attn_kv call_ch = ch;
             for (int i = 0; i < len; i++) call[i] = st[idx[a0 + i]];
-            if (mode == GROUP_ALONE) n_call = call[0].n_see; /* as if the chunk ended there */
-            T->attn_chunk(call, len, kb, vb, s->stride, n_call, s->hd, scale);
+            if (mode == GROUP_ALONE) call_ch.n = call_ch.n1 = call[0].n_see; /* as if the chunk ended there */
+            T->attn_chunk(call, len, &call_ch, s->hd, scale);
             for (int i = 0; i < len; i++) st[idx[a0 + i]] = call[i];
             a0 += len;
         }
     }
+    free(k2), free(v2);
 }
 
 /* The largest |T's output - the double-precision definition| over the scenario's queries. */
@@ -118,17 +131,20 @@ static void attn_vs_definition(void) {
         kiln_attn_q *st = malloc(sizeof(*st) * (size_t)n_q);
         float *acc = malloc(sizeof(float) * (size_t)n_q * (size_t)hds[h]);
         for (int t = 0; t < n_tables; t++) {
-            scen_run(tables[t], &s, GROUP_ALL, &r, st, acc);
-            double err = scen_err(&s, st);
-            CHECK_MSG(err <= 4e-6, "%s hd %d n_pos %d n_q %d: max error %g", tables[t]->name, hds[h], n_pos, n_q, err);
+            for (int mode = GROUP_ALL; mode <= GROUP_SPLIT; mode += GROUP_SPLIT - GROUP_ALL) {
+                scen_run(tables[t], &s, mode, &r, st, acc);
+                double err = scen_err(&s, st);
+                CHECK_MSG(err <= 4e-6, "%s hd %d n_pos %d n_q %d mode %d: max error %g", tables[t]->name, hds[h], n_pos,
+                          n_q, mode, err);
+            }
         }
         free(st), free(acc);
         scen_free(&s);
     }
 }
 
-/* A query's state is the same bits alone (n = n_see), in one call with all others, or in random
- * groups; and large scores (q amplitude 40: many rescales, weights near 0) stay finite. */
+/* A query's state is the same bits alone (n = n_see), in one call with all others, in random
+ * groups, or with the chunk's rows in two segments; and large scores (q amplitude 40: many rescales, weights near 0) stay finite. */
 static void attn_grouping_invariance(void) {
     kiln_rng r;
     kiln_rng_seed(&r, 7);
@@ -136,9 +152,9 @@ static void attn_grouping_invariance(void) {
     for (size_t h = 0; h < KILN_ARRAY_LEN(hds); h++) {
         int hd = hds[h], n_pos = 20 + (int)(kiln_rng_u64(&r) % 100), n_q = 1 + (int)(kiln_rng_u64(&r) % KILN_ATT_MAX_Q);
         scen s = scen_make(&r, hd, n_pos, n_q, h % 2 ? 40.0f : 1.0f);
-        kiln_attn_q *st[3];
-        float *acc[3];
-        for (int i = 0; i < 3; i++) {
+        kiln_attn_q *st[4];
+        float *acc[4];
+        for (int i = 0; i < 4; i++) {
             st[i] = malloc(sizeof(kiln_attn_q) * (size_t)n_q);
             acc[i] = malloc(sizeof(float) * (size_t)n_q * (size_t)hd);
         }
@@ -146,7 +162,8 @@ static void attn_grouping_invariance(void) {
             scen_run(tables[t], &s, GROUP_ALL, &r, st[0], acc[0]);
             scen_run(tables[t], &s, GROUP_ALONE, &r, st[1], acc[1]);
             scen_run(tables[t], &s, GROUP_RANDOM, &r, st[2], acc[2]);
-            for (int i = 1; i < 3; i++) {
+            scen_run(tables[t], &s, GROUP_SPLIT, &r, st[3], acc[3]);
+            for (int i = 1; i < 4; i++) {
                 int bad = 0;
                 for (int j = 0; j < n_q; j++)
                     bad += memcmp(&st[0][j].m, &st[i][j].m, sizeof(float)) != 0 ||
@@ -158,7 +175,7 @@ static void attn_grouping_invariance(void) {
             for (int j = 0; j < n_q; j++) finite = finite && isfinite(st[0][j].l) && st[0][j].l >= 1.0f;
             CHECK_MSG(finite, "%s hd %d: a running sum is not finite or below 1", tables[t]->name, hd);
         }
-        for (int i = 0; i < 3; i++) free(st[i]), free(acc[i]);
+        for (int i = 0; i < 4; i++) free(st[i]), free(acc[i]);
         scen_free(&s);
     }
 }
