@@ -637,7 +637,7 @@ int kiln_cmd_bench(int argc, char **argv) {
                 printf("]");
             }
             if (roofline && r->flops_per_run > 0 && paired_peak_fraction(r) > 0) {
-                printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.4f, \"peak_per_rep\": [",
+                printf(", \"flops_per_token\": %.0f, \"peak_fraction_median\": %.6g, \"peak_per_rep\": [",
                        r->flops_per_run / r->n_tokens, paired_peak_fraction(r));
                 for (int k = 0; k < r->n_reps; k++) printf("%s%.6g", k ? ", " : "", r->peak[k]);
                 printf("]");

@@ -86,8 +86,9 @@ test('a stream waiting in the queue receives ": keep-alive" comments', async () 
 
 test('request timeout: error event then [DONE] mid-stream; 504 when not streaming', async () => {
   await waitMetrics((m) => m.kiln_num_requests_active === 0, BASE);
-  // 32 choices of 500 tokens one after the other: far more than the 2 s request timeout
-  const long = { model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 32 };
+  // 128 choices of 500 tokens one after the other: far more than the 2 s request timeout (32 x 500
+  // finished inside it once decode of the tiny test model passed ~8000 tok/s)
+  const long = { model: MODEL, prompt: 'Once upon a time', max_tokens: 500, ignore_eos: true, n: 128 };
   const s = await openStream(long);
   const dec = new TextDecoder();
   let streamed = '';

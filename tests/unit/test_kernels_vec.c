@@ -36,8 +36,10 @@ static scen scen_make(kiln_rng *r, int hd, int n_pos, int n_q, float q_amp) {
     for (int i = 0; i < n_q * hd; i++) s.q[i] = frand(r) * q_amp;
     for (int j = 0; j < n_q; j++) s.last[j] = (int)(kiln_rng_u64(r) % (uint64_t)n_pos);
     if (n_q > 0) s.last[n_q - 1] = n_pos - 1;
-    for (int p = 0; p < n_pos; p += s.chunk[s.n_chunks++])
-        s.chunk[s.n_chunks] = KILN_MIN(n_pos - p, 1 + (int)(kiln_rng_u64(r) % KILN_ATT_CHUNK));
+    for (int p = 0; p < n_pos; p += s.chunk[s.n_chunks++]) {
+        int len = 1 + (int)(kiln_rng_u64(r) % KILN_ATT_CHUNK); /* drawn once: KILN_MIN evaluates twice */
+        s.chunk[s.n_chunks] = KILN_MIN(n_pos - p, len);
+    }
     return s;
 }
 
