@@ -6,8 +6,9 @@
 #      tokens and $OUT output tokens (ignore_eos) each -> output tok/s, TTFT, ITL, E2E;
 #   2. (first type only) cached-prefix TTFT: 1,000-token shared prefix + 16 own tokens, one
 #      warm-up request, then requests whose prefix is cached, against unique 1,016-token prompts;
-#   3. (first type only) ITL at concurrency 16 without and with long prompts (1,000 tokens,
-#      one output token, Poisson 0.2/s) arriving, with --max-num-batched-tokens $CHUNK.
+#   3. (first type only) ITL at concurrency 16 (32 prompt + 256 output tokens each: long enough
+#      that the long prompts arrive while they decode) without and with long prompts (1,000
+#      tokens, one output token, Poisson 0.2/s) arriving, with --max-num-batched-tokens $CHUNK.
 # Prints markdown tables; raw JSON lines go to build/bench-serve/. Takes ~10-20 minutes on the
 # 2-core machine; run it when the machine is quiet. Env: TYPES, CONC, IN, OUT, CHUNK, THREADS,
 # PARTS (default "sweep prefix itl": which of 1-3 to run).
@@ -102,12 +103,12 @@ for t in $TYPES; do
         echo
         echo "| load | ITL p50 ms | ITL p90 ms | ITL p99 ms | output tok/s |"
         echo "|---|---:|---:|---:|---:|"
-        j=$(bs --concurrency 16 --num-prompts 16 --input-len 32 --output-len 64 --seed 11)
+        j=$(bs --concurrency 16 --num-prompts 16 --input-len 32 --output-len 256 --seed 11)
         echo "$j" >>"$out/itl-$t.jsonl"
         field "$j" '"| 16 streams alone | %.0f | %.0f | %.0f | %.1f |" % (r["itl_ms"]["p50"], r["itl_ms"]["p90"], r["itl_ms"]["p99"], r["output_throughput"])'
         bs --concurrency 2 --num-prompts 3 --input-len 1000 --output-len 1 --request-rate 0.2 --seed 12 >"$out/long-$t.json" &
         lp=$!
-        j=$(bs --concurrency 16 --num-prompts 16 --input-len 32 --output-len 64 --seed 13)
+        j=$(bs --concurrency 16 --num-prompts 16 --input-len 32 --output-len 256 --seed 13)
         wait "$lp" || true
         echo "$j" >>"$out/itl-$t.jsonl"
         field "$j" '"| 16 streams + 1,000-token prompts | %.0f | %.0f | %.0f | %.1f |" % (r["itl_ms"]["p50"], r["itl_ms"]["p90"], r["itl_ms"]["p99"], r["output_throughput"])'
