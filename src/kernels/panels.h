@@ -32,6 +32,7 @@ struct kiln_panel_job {
     kiln_panel_run_fn run;
     kiln_panel_pack_fn pack;   /* non-NULL: raw weights (mats[0].packed is NULL), packed on the fly */
     void *ctx;                 /* the kernel's own state: weight type, activations */
+    bool quads;                /* run may take np = 4 (two full pairs of one matrix) for one row */
     _Atomic int64_t next;      /* work-sharing counter */
 };
 
@@ -56,6 +57,7 @@ static inline double kiln_panel_job_init(kiln_panel_job *j, const kiln_pmat *mat
     j->run = run;
     j->pack = pack;
     j->ctx = ctx;
+    j->quads = false;
     atomic_init(&j->next, 0);
     return work;
 }
@@ -81,6 +83,21 @@ static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
     j->run(j, mi, panels, p, np, c0, c1);
 }
 
+/* Items it and it + 1 as one run of four panels when both are full pairs of one matrix (packed
+ * weights, one row block); false when they are not. */
+static inline bool kiln_panel_item_quad(const kiln_panel_job *j, int64_t it) {
+    const int64_t n_pairs = j->first_pair[j->n_mats];
+    if (it + 1 >= n_pairs) return false;
+    int mi = 0;
+    while (it >= j->first_pair[mi + 1]) mi++;
+    if (it + 1 >= j->first_pair[mi + 1]) return false;
+    const kiln_pmat *M = &j->mats[mi];
+    int64_t p = (it - j->first_pair[mi]) * 2, n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
+    if (p + 4 > n_panels) return false;
+    j->run(j, mi, (const uint8_t *)M->packed + (size_t)p * j->pb, p, 4, 0, j->n_x);
+    return true;
+}
+
 /* The pool function of a job (kiln_pool_run(nt, kiln_panel_job_part, job)). */
 static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
     kiln_panel_job *j = ctx;
@@ -91,7 +108,10 @@ static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
     }
     const int64_t max_chunk = kiln_pool_chunk_bytes(2 * j->pb);
     while (kiln_pool_take_guided(&j->next, n_items, nth, max_chunk, &lo, &hi))
-        for (int64_t it = lo; it < hi; it++) kiln_panel_item(j, it);
+        for (int64_t it = lo; it < hi; it++) {
+            if (j->quads && it + 1 < hi && kiln_panel_item_quad(j, it)) it++;
+            else kiln_panel_item(j, it);
+        }
 }
 
 typedef struct kiln_panel_pack_job {

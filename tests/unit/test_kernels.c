@@ -223,6 +223,9 @@ static void simd_vs_ref_table(const kiln_kernels *T) {
         /* more activation rows than one row block of the panel job (128): the raw-weight path
          * packs each panel once and runs every row against it */
         check_table_matmul(T, types[ti], 21, quant ? 96 : 45, 261, &r);
+        /* one row over 63 panels: takes of several pairs, run as fours where they can be (the
+         * single-row Q8_0 tile), and a lone panel at the end */
+        check_table_matmul(T, types[ti], 1000, quant ? 64 : 40, 1, &r);
     }
     /* dot and axpy over lengths around the vector widths */
     for (int n = 0; n < 80; n++) {
