@@ -54,19 +54,30 @@ test('a non-streaming client that disconnects cancels its request', async () => 
 
 test('queued requests: 503 + Retry-After when the queue is full; closing a queued stream cancels it', async () => {
   const ai = client(URL_TIGHT);
-  const m0 = await waitMetrics(idle, URL_TIGHT);
+  let m0 = await waitMetrics(idle, URL_TIGHT);
   assertIdle(m0);
-  // A runs (max-num-seqs 1) ...
-  const a = await ai.completions.create({ ...LONG, stream: true });
-  const ita = a[Symbol.asyncIterator]();
-  await ita.next();
-  // ... B waits in the queue (its stream is open: headers and keep-alives arrive) ...
-  const b = await ai.completions.create({ ...LONG, stream: true });
-  const mq = await waitMetrics((m) => m.kiln_num_requests_waiting === 1, URL_TIGHT, 5000);
-  assert.equal(mq.kiln_num_requests_waiting, 1);
-  assert.equal(mq.kiln_num_requests_running, 1);
-  // ... so C finds the queue full.
-  const c = await raw('/v1/completions', { base: URL_TIGHT, body: JSON.stringify({ ...LONG, max_tokens: 5 }) });
+  // A runs (max-num-seqs 1), B waits in the queue (its stream is open: headers and keep-alives
+  // arrive), so C finds the queue full. On a fast machine A (500 tokens of a tiny model) can
+  // finish between the metrics poll that saw B queued and C's arrival; then B runs, C is served,
+  // and the scenario is set up again (up to 5 times).
+  let ita, b, c;
+  for (let attempt = 0; ; attempt++) {
+    const a = await ai.completions.create({ ...LONG, stream: true });
+    ita = a[Symbol.asyncIterator]();
+    await ita.next();
+    b = await ai.completions.create({ ...LONG, stream: true });
+    const mq = await waitMetrics((m) => m.kiln_num_requests_waiting === 1, URL_TIGHT, 5000);
+    c = await raw('/v1/completions', { base: URL_TIGHT, body: JSON.stringify({ ...LONG, max_tokens: 5 }) });
+    if (c.status === 503 || attempt === 4) {
+      assert.equal(mq.kiln_num_requests_waiting, 1);
+      assert.equal(mq.kiln_num_requests_running, 1);
+      break;
+    }
+    for await (const _ of b) { /* drain */ }
+    for (let r = await ita.next(); !r.done; r = await ita.next()) { /* drain */ }
+    m0 = await waitMetrics(idle, URL_TIGHT); /* the counts below start from here */
+    assertIdle(m0);
+  }
   const e = assertErrorShape(c, 503);
   assert.equal(c.headers.get('retry-after'), '1');
   assert.equal(e.type, 'server_error');
