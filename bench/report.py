@@ -44,7 +44,12 @@ def machine():
         for line in f:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) / 1048576
-    return dict(model=info.get("Model name", "?"),
+    # a VM may name only the vendor's line ("AMD EPYC"): the family tells the core generation
+    # (AMD family 25: Zen 3/4, 26: Zen 5)
+    model = info.get("Model name", "?")
+    if info.get("CPU family"):
+        model += " (CPU family %s, model %s)" % (info["CPU family"], info.get("Model", "?"))
+    return dict(model=model,
                 cores="%s socket(s) x %s core(s) x %s thread(s)" % (
                     info.get("Socket(s)", "?"), info.get("Core(s) per socket", "?"),
                     info.get("Thread(s) per core", "?")),
