@@ -62,13 +62,24 @@ static inline double kiln_panel_job_init(kiln_panel_job *j, const kiln_pmat *mat
     return work;
 }
 
+/* Pair pi (0 .. first_pair[n_mats] - 1) of the job: its matrix, first panel and the matrix's
+ * panel count. */
+static inline const kiln_pmat *kiln_panel_pair(const kiln_panel_job *j, int64_t pi, int *mi, int64_t *p,
+                                               int64_t *n_panels) {
+    int m = 0;
+    while (pi >= j->first_pair[m + 1]) m++;
+    const kiln_pmat *M = &j->mats[m];
+    *mi = m;
+    *p = (pi - j->first_pair[m]) * 2;
+    *n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
+    return M;
+}
+
 static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
     const int64_t n_pairs = j->first_pair[j->n_mats];
-    int64_t rb = it / n_pairs, pi = it % n_pairs;
-    int mi = 0;
-    while (pi >= j->first_pair[mi + 1]) mi++;
-    const kiln_pmat *M = &j->mats[mi];
-    int64_t p = (pi - j->first_pair[mi]) * 2, n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
+    int64_t rb = it / n_pairs, p, n_panels;
+    int mi;
+    const kiln_pmat *M = kiln_panel_pair(j, it % n_pairs, &mi, &p, &n_panels);
     int np = (int)KILN_MIN(2, n_panels - p);
     /* raw weights: every row against the panel just packed (one row block of all n_x rows) */
     int64_t c0 = rb * KILN_PANEL_ROW_BLOCK, c1 = j->pack ? j->n_x : KILN_MIN(j->n_x, c0 + KILN_PANEL_ROW_BLOCK);
@@ -86,14 +97,11 @@ static inline void kiln_panel_item(const kiln_panel_job *j, int64_t it) {
 /* Items it and it + 1 as one run of four panels when both are full pairs of one matrix (packed
  * weights, one row block); false when they are not. */
 static inline bool kiln_panel_item_quad(const kiln_panel_job *j, int64_t it) {
-    const int64_t n_pairs = j->first_pair[j->n_mats];
-    if (it + 1 >= n_pairs) return false;
-    int mi = 0;
-    while (it >= j->first_pair[mi + 1]) mi++;
-    if (it + 1 >= j->first_pair[mi + 1]) return false;
-    const kiln_pmat *M = &j->mats[mi];
-    int64_t p = (it - j->first_pair[mi]) * 2, n_panels = (M->n_out + KILN_PANEL_ROWS - 1) / KILN_PANEL_ROWS;
-    if (p + 4 > n_panels) return false;
+    if (it + 1 >= j->first_pair[j->n_mats]) return false;
+    int64_t p, n_panels;
+    int mi;
+    const kiln_pmat *M = kiln_panel_pair(j, it, &mi, &p, &n_panels);
+    if (p + 4 > n_panels) return false; /* also: it + 1 is not a pair of the same matrix */
     j->run(j, mi, (const uint8_t *)M->packed + (size_t)p * j->pb, p, 4, 0, j->n_x);
     return true;
 }
