@@ -61,6 +61,8 @@ for _t in ("f32", "q4_0"):
     CASES.append(("llama-tied-rope3-%s" % _t,
                   dict(BASE, arch="llama", wtype=_t, tied=True, layers=3,
                        llama3_rope=(8.0, 1.0, 4.0, 64))))
+# head_dim 512: attention runs fewer queries per call (forward.c att_max_q) and its K slices split
+CASES.append(("qwen3-hd512-f32", dict(BASE, arch="qwen3", wtype="f32", heads=4, kv_heads=1, head_dim=512)))
 # plain multi-head attention, dim not a power of two, qwen2 biases
 CASES.append(("qwen2-mha-d96-f16", dict(BASE, arch="qwen2", wtype="f16", dim=96, heads=3, kv_heads=3,
                                         ff=160, vocab=288)))
