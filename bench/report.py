@@ -121,9 +121,11 @@ def main():
         threads = r0["threads"]
         reps = r0["results"][0]["reps"]
         lines += [
-            "Written %s by `make bench`: `kiln bench -m MODEL -p %s -n %s -b 1,4,16 --reps %d --roofline`"
-            " (threads: %s) on random-weight models with the real shapes (tools/gen_model.py presets)."
-            % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), pp[0][2:] if pp else "0",
+            "Results of %s (the newest result file) from `make bench`: `kiln bench -m MODEL -p %s -n %s -b 1,4,16"
+            " --reps %d --roofline` (threads: %s) on random-weight models with the real shapes"
+            " (tools/gen_model.py presets)."
+            % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(os.path.getmtime(p) for p in paths))),
+               pp[0][2:] if pp else "0",
                tg[0][2:] if tg else "0", reps, threads),
             "Source: %s." % "; ".join(
                 "commit %s (%s)" % (src, ", ".join(os.path.basename(p)[:-5] for p in paths if source_of(p) == src))
