@@ -4,6 +4,7 @@
  * checked against ref on random shapes with per-op tolerances (simd_vs_ref). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/kernels.h"
 #include "test.h"
@@ -154,6 +155,54 @@ static void check_packed(const kiln_kernels *T, kiln_wtype t, const void *w, int
     CHECK_MSG(bad == 0, "%s type %d (%d,%d,%d): packed results differ from matmul in %d places", T->name, (int)t,
               n_out, n_in, n_x, bad);
     free(wf2), free(w2), free(p), free(p2), free(yp), free(ya), free(y2), free(y2r);
+}
+
+/* Packed matmuls big enough to run on the team (panels.h: a member's own share of the panel
+ * pairs, then the others'; more members than KILN_PANEL_SHARES: one shared counter) give the
+ * same bits for every team size, including teams with more members than panel pairs. */
+static void team_sizes_table(const kiln_kernels *T) {
+    kiln_rng r;
+    kiln_rng_seed(&r, 77);
+    const kiln_wtype types[] = {KILN_WTYPE_F16, KILN_WTYPE_Q8_0, KILN_WTYPE_Q4_0};
+    const int n_in = 256, n_xs[] = {1, 3}, teams[] = {2, 3, 5, 8, 12};
+    for (size_t ti = 0; ti < KILN_ARRAY_LEN(types); ti++) {
+        kiln_wtype t = types[ti];
+        for (int n_out = 40; n_out <= 600; n_out += 560) { /* 2 and 19 panel pairs */
+            size_t pb = T->pack_bytes ? T->pack_bytes(t, n_out, n_in) : 0;
+            if (pb == 0) continue;
+            double *wf = malloc(sizeof(double) * (size_t)n_out * n_in);
+            void *w = make_weights(t, n_out, n_in, &r, wf);
+            void *p = aligned_alloc(64, (pb + 63) & ~(size_t)63);
+            T->pack(t, w, kiln_wtype_row_bytes(t, n_in), n_out, n_in, p, 2);
+            for (size_t xi = 0; xi < KILN_ARRAY_LEN(n_xs); xi++) {
+                int n_x = n_xs[xi];
+                float *x = malloc(sizeof(float) * (size_t)n_x * n_in);
+                float *y1 = malloc(sizeof(float) * (size_t)n_x * n_out), *yt = malloc(sizeof(float) * (size_t)n_x * n_out);
+                for (int i = 0; i < n_x * n_in; i++) x[i] = frand(&r);
+                kiln_pmat one = {p, n_out, y1};
+                T->matmul_packed(t, &one, 1, n_in, x, n_x, 1);
+                for (size_t k = 0; k < KILN_ARRAY_LEN(teams); k++) {
+                    for (int i = 0; i < n_x * n_out; i++) yt[i] = NAN;
+                    kiln_pmat m = {p, n_out, yt};
+                    T->matmul_packed(t, &m, 1, n_in, x, n_x, teams[k]);
+                    int bad = 0;
+                    for (int i = 0; i < n_x * n_out; i++) bad += memcmp(&yt[i], &y1[i], sizeof(float)) != 0;
+                    CHECK_MSG(bad == 0, "%s type %d (%d,%d,%d), %d threads: %d outputs differ from one thread",
+                              T->name, (int)t, n_out, n_in, n_x, teams[k], bad);
+                }
+                free(x), free(y1), free(yt);
+            }
+            free(wf), free(w), free(p);
+        }
+    }
+}
+
+static void team_sizes(void) {
+    const char *names[] = {"avx2", "avx512"};
+    for (size_t i = 0; i < KILN_ARRAY_LEN(names); i++) {
+        const kiln_kernels *T = kiln_kernels_find(names[i]);
+        if (T) team_sizes_table(T);
+    }
 }
 
 /* ---- every SIMD table against ref ----
@@ -524,6 +573,7 @@ int main(void) {
     RUN(pool_stress);
     RUN(pool_caller_last);
     RUN(simd_vs_ref);
+    RUN(team_sizes);
     if (kiln_kernels_get() != &kiln_kernels_ref) {
         /* The chosen table through the same definitions (its matmul: simd_vs_ref). */
         K = kiln_kernels_get();

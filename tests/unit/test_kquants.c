@@ -129,6 +129,8 @@ static void matmul_vs_double(void) {
     }
 }
 
+static void *packed_copy(kiln_wtype t, const uint8_t *w, size_t rb, int64_t n_out, int64_t n_in, int nt);
+
 /* The result does not depend on the number of threads. */
 static void threads_invariant(void) {
     kiln_rng r;
@@ -143,7 +145,21 @@ static void threads_invariant(void) {
         kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y1, 1);
         kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y2, 2);
         CHECK(memcmp(y1, y2, sizeof(float) * (size_t)(n_x * n_out)) == 0);
-        free(w), free(x), free(y1), free(y2);
+        /* packed, one row and the batch, on teams of several sizes (panels.h: members' own shares
+         * of the 10 panel pairs, then the others'; over 8 members, one shared counter) */
+        void *pk = packed_copy(TYPES[ti], w, rb, n_out, n_in, 2);
+        const int teams[] = {1, 2, 3, 5, 8, 12};
+        for (int64_t nx = 1; pk && nx <= n_x; nx += n_x - 1) {
+            kiln_pmat pm = {pk, n_out, y1};
+            kiln_kquant_matmul_packed(TYPES[ti], &pm, 1, n_in, x, nx, 1);
+            for (size_t k = 1; k < KILN_ARRAY_LEN(teams); k++) {
+                pm.y = y2;
+                kiln_kquant_matmul_packed(TYPES[ti], &pm, 1, n_in, x, nx, teams[k]);
+                CHECK_MSG(memcmp(y1, y2, sizeof(float) * (size_t)(nx * n_out)) == 0, "type %d, %lld rows, %d threads",
+                          (int)TYPES[ti], (long long)nx, teams[k]);
+            }
+        }
+        free(pk), free(w), free(x), free(y1), free(y2);
     }
 }
 
