@@ -3,11 +3,13 @@
  * n_x rows; its items are (block of KILN_PANEL_ROW_BLOCK activation rows, matrix, pair of panels of
  * 16 output rows), taken from a shared counter. With raw weights (one matrix, packed a panel at a
  * time into the member's scratch) the rows form one block, so that each panel is packed once.
- * Jobs of one row block (decode, small batches) give each member its own share of the items, taken
- * in guided chunks of at most about KILN_TAKE_BYTES of weights (kiln_pool_take_guided) from a
- * counter on its own cache line, then the others' shares: one shared counter made every take move
- * a cache line between the cores (TinyLlama decode: Q4_0 68-70 -> 72-74 tok/s, Q4_K_M 58-61 ->
- * 65-70, Q8_0 +2-4%, F16 unchanged). */
+ * Each member has its own share of the items and takes from it (jobs of one row block, i.e. decode
+ * and small batches: guided chunks of at most about KILN_TAKE_BYTES of weights,
+ * kiln_pool_take_guided; prefill: one item at a time) through a counter on its own cache line,
+ * then helps with the others' shares. One shared counter made every take move a cache line
+ * between the cores, and in prefill sent the next-pair prefetch of Q4_0's tile to the other
+ * core's L2 half the time. TinyLlama: decode Q4_0 68-70 -> 72-74 tok/s, Q4_K_M 58-61 -> 65-70,
+ * Q8_0 +2-4%; pp512 Q4_0 +3-6%, Q4_K_M +7-10%; F16 unchanged. */
 #ifndef KILN_PANELS_H
 #define KILN_PANELS_H
 
@@ -128,11 +130,8 @@ static inline void kiln_panel_items(const kiln_panel_job *j, int64_t lo, int64_t
 static inline void kiln_panel_job_part(void *ctx, int ith, int nth) {
     kiln_panel_job *j = ctx;
     int64_t lo, hi, n_items = j->n_row_blocks * j->first_pair[j->n_mats];
-    if (j->n_row_blocks > 1) {
-        while (kiln_pool_take(&j->next, n_items, 1, &lo, &hi)) kiln_panel_item(j, lo);
-        return;
-    }
-    const int64_t max_chunk = kiln_pool_chunk_bytes(2 * j->pb);
+    /* several row blocks (prefill): one item (a row block against a pair) at a time */
+    const int64_t max_chunk = j->n_row_blocks > 1 ? 1 : kiln_pool_chunk_bytes(2 * j->pb);
     if (nth > KILN_PANEL_SHARES) {
         while (kiln_pool_take_guided(&j->next, n_items, nth, max_chunk, &lo, &hi)) kiln_panel_items(j, lo, hi);
         return;

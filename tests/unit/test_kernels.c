@@ -164,7 +164,7 @@ static void team_sizes_table(const kiln_kernels *T) {
     kiln_rng r;
     kiln_rng_seed(&r, 77);
     const kiln_wtype types[] = {KILN_WTYPE_F16, KILN_WTYPE_Q8_0, KILN_WTYPE_Q4_0};
-    const int n_in = 256, n_xs[] = {1, 3}, teams[] = {2, 3, 5, 8, 12};
+    const int n_in = 256, n_xs[] = {1, 3, 130}, teams[] = {2, 3, 5, 8, 12}; /* 130: two row blocks */
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(types); ti++) {
         kiln_wtype t = types[ti];
         for (int n_out = 40; n_out <= 600; n_out += 560) { /* 2 and 19 panel pairs */

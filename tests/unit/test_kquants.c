@@ -136,7 +136,7 @@ static void threads_invariant(void) {
     kiln_rng r;
     kiln_rng_seed(&r, 7);
     for (size_t ti = 0; ti < KILN_ARRAY_LEN(TYPES); ti++) {
-        int64_t n_out = 301, n_in = 512, n_x = 4;
+        int64_t n_out = 301, n_in = 512, n_x = 130; /* packed: two row blocks */
         size_t rb;
         uint8_t *w = random_weights(TYPES[ti], n_out, n_in, &r, &rb);
         float *x = malloc(sizeof(float) * (size_t)(n_x * n_in));
@@ -146,7 +146,7 @@ static void threads_invariant(void) {
         kiln_kquant_matmul(TYPES[ti], w, rb, n_out, n_in, x, n_x, y2, 2);
         CHECK(memcmp(y1, y2, sizeof(float) * (size_t)(n_x * n_out)) == 0);
         /* packed, one row and the batch, on teams of several sizes (panels.h: members' own shares
-         * of the 10 panel pairs, then the others'; over 8 members, one shared counter) */
+         * of the items, then the others'; over 8 members, one shared counter) */
         void *pk = packed_copy(TYPES[ti], w, rb, n_out, n_in, 2);
         const int teams[] = {1, 2, 3, 5, 8, 12};
         for (int64_t nx = 1; pk && nx <= n_x; nx += n_x - 1) {
