@@ -5,6 +5,7 @@ with ratios to llama.cpp and to the targets, and the profile notes of bench/prof
 Only the text between the BEGIN / END markers is replaced; the rest of the file is kept.
 usage: report.py BENCHMARKS.md REPORT.json...
 """
+import glob
 import json
 import os
 import re
@@ -75,6 +76,98 @@ def source_of(json_path):
             return f.read().strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def srctree_of(json_path):
+    """The src/ tree bench/run.sh recorded for a result (NAME.srctree beside NAME.json), or None."""
+    try:
+        with open(json_path[:-5] + ".srctree") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def across_runs(paths):
+    """Markdown lines: min / median over the kept runs (build/bench/history/*) of the src/ tree of
+    this report's TinyLlama results, against llama.cpp and issue 6's targets; [] when fewer than
+    two such runs are kept."""
+    tl = [p for p in paths if os.path.basename(p).startswith("tl-")]
+    trees = {srctree_of(p) for p in tl}
+    if len(trees) != 1 or None in trees:
+        return []
+    tree = trees.pop()
+    hist = os.path.join(os.path.dirname(os.path.abspath(tl[0])), "history")
+    runs = []   # (dir, {wtype: result json})
+    for d in sorted(glob.glob(os.path.join(hist, "*"))):
+        got = {}
+        for f in glob.glob(os.path.join(d, "tl-*.json")):
+            if srctree_of(f) != tree:
+                continue
+            with open(f) as fh:
+                got[os.path.basename(f)[3:-5]] = json.load(fh)
+        if got:
+            runs.append((os.path.basename(d), got))
+    if len(runs) < 2:
+        return []
+    def when(d):  # history dir name (UTC, %Y%m%d-%H%M%S) -> 2026-12-07 15:41
+        return "%s-%s-%s %s:%s" % (d[:4], d[4:6], d[6:8], d[9:11], d[11:13]) if len(d) == 15 else d
+
+    def med(v):
+        v = sorted(v)
+        n = len(v)
+        return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    lines = ["## Across runs (TinyLlama shape)", "",
+             "Every kept `make bench` run of this src/ tree (`%s`; %d runs, %s to %s UTC): min / median over"
+             " the runs of each run's median of %s reps, and the ratio to llama.cpp's figure. The host moves"
+             " every figure between runs (compute phases, memory read at ~35-66 GB/s): a tg b1 rep is held to"
+             " the bandwidth measured right before it." % (tree, len(runs), when(runs[0][0]), when(runs[-1][0]),
+                                                            runs[0][1][next(iter(runs[0][1]))]["results"][0]["reps"]),
+             "", "| type | runs | pp512 tok/s | pp512 vs llama.cpp | tg b1 tok/s | tg b1 vs llama.cpp |"
+             " tg b1 share of bandwidth | b16 / b1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    checks = []
+    for wt in ("f16", "q8_0", "q4_0", "q4_k_m"):
+        pp, tg, bw, r16, either = [], [], [], [], 0
+        for _, got in runs:
+            if wt not in got:
+                continue
+            res = {x["test"]: x for x in got[wt]["results"]}
+            tgs = [t for t in res if t.startswith("tg") and t.endswith(" b1")]
+            if "pp512" in res:
+                pp.append(res["pp512"]["tps_median"])
+            if tgs:
+                x = res[tgs[0]]
+                tg.append(x["tps_median"])
+                bw.append(x.get("bw_fraction_median", 0))
+                x16 = res.get(tgs[0][:-1] + "16")
+                if x16:
+                    r16.append(x16["tps_median"] / x["tps_median"])
+                lc = LLAMA_CPP.get(wt)
+                if lc and (x["tps_median"] / lc[1] >= TG_TARGET or x.get("bw_fraction_median", 0) >= 0.85):
+                    either += 1
+        if not pp and not tg:
+            continue
+        lc = LLAMA_CPP.get(wt)
+        mm = lambda v, nd=1: "%s / %s" % (fmt(min(v), nd), fmt(med(v), nd)) if v else "-"
+        ratio = lambda v, ref: "%.2fx / %.2fx" % (min(v) / ref, med(v) / ref) if v and ref else "-"
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            TYPE_LABEL.get(wt, wt), max(len(pp), len(tg)), mm(pp), ratio(pp, lc[0] if lc else 0), mm(tg),
+            ratio(tg, lc[1] if lc else 0), "%.0f%% / %.0f%%" % (100 * min(bw), 100 * med(bw)) if bw else "-",
+            "%.2fx" % min(r16) if r16 else "-"))
+        if lc and pp:
+            checks.append(("%s pp512 >= %.1fx llama.cpp" % (TYPE_LABEL[wt], PP_TARGET[wt]),
+                           "%.2fx / %.2fx" % (min(pp) / lc[0], med(pp) / lc[0]), med(pp) / lc[0] >= PP_TARGET[wt]))
+        if lc and tg:
+            checks.append(("%s tg b1 >= %.2fx llama.cpp, or >= 85%% of the bandwidth measured before the rep"
+                           % (TYPE_LABEL[wt], TG_TARGET), "%d of %d runs meet one" % (either, len(tg)),
+                           either == len(tg)))
+        if r16:
+            checks.append(("%s tg b16 >= %.0fx b1" % (TYPE_LABEL[wt], B16_TARGET), "min %.2fx" % min(r16),
+                           min(r16) >= B16_TARGET))
+    lines += ["", "Targets of issue 6 across the runs (ratios: min / median; met on the median):", "",
+              "| target | measured | |", "|---|---:|---|"]
+    lines += ["| %s | %s | %s |" % (w, v, "met" if ok else "**not met**") for w, v, ok in checks]
+    lines.append("")
+    return lines
 
 
 def fmt(x, nd=1):
@@ -275,6 +368,7 @@ def main():
                     val = "%.0f%%" % (100 * v) if "bandwidth" in what else "%.2fx" % v
                     lines.append("| %s | %s | %s |" % (what, val, "met" if ok else "**not met**"))
                 lines.append("")
+        lines += across_runs(paths)
         prof = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profile.md")
         if os.path.exists(prof):
             with open(prof) as f:

@@ -234,6 +234,45 @@ def test_identities(work):
     check("gen_model is deterministic", open(p5, "rb").read() == open(path, "rb").read())
 
 
+# ---------------------------------------------------------------- bench/report.py across runs
+
+def test_report_across_runs(work):
+    """bench/report.py's min / median over kept runs: three runs of one src/ tree and one of
+    another, with figures chosen so that the expected cells are known."""
+    import json
+    import shutil
+    sys.path.insert(0, os.path.join(here, "..", "..", "bench"))
+    import report  # noqa: E402
+    root = os.path.join(work, "report")
+    shutil.rmtree(root, ignore_errors=True)
+
+    def put(d, tree, pp, tg, bw, b16):
+        os.makedirs(d, exist_ok=True)
+        res = [{"test": "pp512", "tps_median": pp, "reps": 3},
+               {"test": "tg64 b1", "tps_median": tg, "bw_fraction_median": bw, "reps": 3},
+               {"test": "tg64 b16", "tps_median": b16, "reps": 3}]
+        with open(os.path.join(d, "tl-q4_0.json"), "w") as f:
+            json.dump({"results": res}, f)
+        with open(os.path.join(d, "tl-q4_0.srctree"), "w") as f:
+            f.write(tree + "\n")
+    # (pp512, tg b1, share of bandwidth, b16): Q4_0's llama.cpp figures are 227 / 60
+    put(os.path.join(root, "history", "20261207-100000"), "aaa", 454.0, 50.0, 0.90, 400.0)
+    put(os.path.join(root, "history", "20261207-110000"), "aaa", 500.0, 66.0, 0.70, 330.0)
+    put(os.path.join(root, "history", "20261207-120000"), "aaa", 430.0, 54.0, 0.60, 300.0)
+    put(os.path.join(root, "history", "20261207-130000"), "bbb", 100.0, 10.0, 0.10, 20.0)
+    put(root, "aaa", 430.0, 54.0, 0.60, 300.0)
+    lines = report.across_runs([os.path.join(root, "tl-q4_0.json")])
+    row = [x for x in lines if x.startswith("| Q4_0 |")]
+    want = "| Q4_0 | 3 | 430.0 / 454.0 | 1.89x / 2.00x | 50.0 / 54.0 | 0.83x / 0.90x | 60% / 70% | 5.00x |"
+    check("report.py: min / median over the runs of one src/ tree", row == [want], "got %s" % row)
+    tgt = [x for x in lines if x.startswith("| Q4_0 tg b1 ")]
+    check("report.py: tg target counts the runs that meet either form (0.83x at 90%, 1.10x; not 0.90x at 60%)",
+          len(tgt) == 1 and "2 of 3 runs" in tgt[0] and "**not met**" in tgt[0], "got %s" % tgt)
+    put(root, "ccc", 430.0, 54.0, 0.60, 300.0)
+    check("report.py: no across-runs section for a tree with one kept run",
+          report.across_runs([os.path.join(root, "tl-q4_0.json")]) == [])
+
+
 def main():
     testdata, work = sys.argv[1], sys.argv[2]
     os.makedirs(work, exist_ok=True)
@@ -241,6 +280,7 @@ def main():
     test_container(work)
     test_real_model(testdata)
     test_identities(work)
+    test_report_across_runs(work)
     n_fail = results.count(False)
     print("%d passed, %d failed" % (results.count(True), n_fail))
     return 1 if n_fail else 0
