@@ -1,7 +1,7 @@
 /* panels.h: the work sharing of the packed-panel matmuls (avx512.c, avx512_kq.c; internal to the
  * kernels). A job multiplies up to KILN_PANEL_MAX_MATS matrices (kiln_pmat) that share one input of
  * n_x rows; its items are (block of KILN_PANEL_ROW_BLOCK activation rows, matrix, pair of panels of
- * 16 output rows), taken from a shared counter. With raw weights (one matrix, packed a panel at a
+ * 16 output rows). With raw weights (one matrix, packed a panel at a
  * time into the member's scratch) the rows form one block, so that each panel is packed once.
  * Each member has its own share of the items and takes from it (jobs of one row block, i.e. decode
  * and small batches: guided chunks of at most about KILN_TAKE_BYTES of weights,
@@ -39,9 +39,9 @@ struct kiln_panel_job {
     kiln_panel_pack_fn pack;   /* non-NULL: raw weights (mats[0].packed is NULL), packed on the fly */
     void *ctx;                 /* the kernel's own state: weight type, activations */
     bool quads;                /* run may take np = 4 (two full pairs of one matrix) for one row */
-    _Atomic int64_t next;      /* work-sharing counter */
-    /* Matrix-vector jobs of up to KILN_PANEL_SHARES members: member m's own share of the items
-     * (kiln_pool_range) and the count taken from it, on its own cache line. */
+    _Atomic int64_t next;      /* work-sharing counter of teams over KILN_PANEL_SHARES members */
+    /* Teams of up to KILN_PANEL_SHARES members: the count taken from member m's own share of the
+     * items (kiln_pool_range), on its own cache line. */
     struct {
         _Alignas(64) _Atomic int64_t taken;
     } share[KILN_PANEL_SHARES];
