@@ -223,7 +223,7 @@ def main():
             "Source: %s." % "; ".join(
                 "commit %s (%s)" % (src, ", ".join(os.path.basename(p)[:-5] for p in paths if source_of(p) == src))
                 for src in sorted({source_of(p) for p in paths})),
-            "Each figure: median of %d runs, and in parentheses the best run (min time). tg is the"
+            "Each figure: median of the %d reps of this run, and in parentheses the best rep (min time). tg is the"
             " aggregate over the batch (b sequences decoding together from an empty cache)." % reps,
             "",
         ]
