@@ -68,7 +68,8 @@ r = json.loads(sys.argv[1])
 assert r["completed"] == 12 and r["failed"] == 0, r
 assert r["output_tokens"] == 12 * 16, r
 assert 0 < r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"], r
-assert r["ttft_ms"]["p50"] <= r["ttft_ms"]["p90"] <= r["ttft_ms"]["p99"], r
+assert r["ttft_ms"]["p50"] <= r["ttft_ms"]["p90"] <= r["ttft_ms"]["p99"] <= r["ttft_ms"]["max"], r
+assert r["itl_ms"]["p99"] <= r["itl_ms"]["max"] and r["e2e_ms"]["max"] >= r["ttft_ms"]["max"], r
 assert r["itl_ms"]["mean"] > 0 and r["tpot_ms"]["p50"] > 0 and r["output_throughput"] > 0, r
 ' "$j"; then
     echo "ok   bench serve: 12 requests x 16 tokens, JSON summary consistent"
