@@ -65,13 +65,19 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* The median of n (1..MAX_REPS) values. */
+static double median_of(const double *v, int n) {
+    double b[MAX_REPS];
+    memcpy(b, v, sizeof(double) * (size_t)n);
+    qsort(b, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? b[n / 2] : 0.5 * (b[n / 2 - 1] + b[n / 2]);
+}
+
 static void summarize(result *r) {
-    double s[MAX_REPS];
-    memcpy(s, r->secs, sizeof(double) * (size_t)r->n_reps);
-    qsort(s, (size_t)r->n_reps, sizeof(double), cmp_double);
-    double med = r->n_reps % 2 ? s[r->n_reps / 2] : 0.5 * (s[r->n_reps / 2 - 1] + s[r->n_reps / 2]);
-    r->best_tps = r->n_tokens / s[0];
-    r->median_tps = r->n_tokens / med;
+    double best = r->secs[0];
+    for (int k = 1; k < r->n_reps; k++) best = r->secs[k] < best ? r->secs[k] : best;
+    r->best_tps = r->n_tokens / best;
+    r->median_tps = r->n_tokens / median_of(r->secs, r->n_reps);
 }
 
 /* ---- machine ceilings ---- */
@@ -230,36 +236,24 @@ static double measure_stolen(int nt, double secs) {
     return lost / (secs * nt);
 }
 
-/* The median over r's reps of (rep's steps/s x bytes per step / bandwidth measured before it);
- * 0 when a measurement is missing. */
+/* The median over r's reps of (work_per_run / the rep's seconds / ceil[k], the ceiling measured
+ * right before it); 0 when a measurement is missing. */
+static double paired_fraction(const result *r, double work_per_run, const double *ceil) {
+    double f[MAX_REPS];
+    for (int k = 0; k < r->n_reps; k++) {
+        if (ceil[k] <= 0 || r->secs[k] <= 0) return 0;
+        f[k] = work_per_run / r->secs[k] / ceil[k];
+    }
+    return median_of(f, r->n_reps);
+}
+
+/* tg: bytes read per second against the bandwidth measured before each rep. */
 static double paired_bw_fraction(const result *r) {
-    double f[MAX_REPS];
-    for (int k = 0; k < r->n_reps; k++) {
-        if (r->bw[k] <= 0 || r->secs[k] <= 0) return 0;
-        f[k] = (double)r->n_tokens / r->batch / r->secs[k] * r->bytes_per_step / r->bw[k];
-    }
-    qsort(f, (size_t)r->n_reps, sizeof(double), cmp_double);
-    return r->n_reps % 2 ? f[r->n_reps / 2] : 0.5 * (f[r->n_reps / 2 - 1] + f[r->n_reps / 2]);
+    return paired_fraction(r, (double)r->n_tokens / r->batch * r->bytes_per_step, r->bw);
 }
 
-/* The median over r's reps of (rep's ops/s / compute peak measured before it); 0 when one is missing. */
-static double paired_peak_fraction(const result *r) {
-    double f[MAX_REPS];
-    for (int k = 0; k < r->n_reps; k++) {
-        if (r->peak[k] <= 0 || r->secs[k] <= 0) return 0;
-        f[k] = r->flops_per_run / r->secs[k] / r->peak[k];
-    }
-    qsort(f, (size_t)r->n_reps, sizeof(double), cmp_double);
-    return r->n_reps % 2 ? f[r->n_reps / 2] : 0.5 * (f[r->n_reps / 2 - 1] + f[r->n_reps / 2]);
-}
-
-/* The median of n (1..MAX_REPS) values. */
-static double median_of(const double *v, int n) {
-    double b[MAX_REPS];
-    memcpy(b, v, sizeof(double) * (size_t)n);
-    qsort(b, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? b[n / 2] : 0.5 * (b[n / 2 - 1] + b[n / 2]);
-}
+/* pp: operations per second against the compute peak measured before each rep. */
+static double paired_peak_fraction(const result *r) { return paired_fraction(r, r->flops_per_run, r->peak); }
 
 #ifdef HAVE_AVX2_BENCH
 /* One thread's share of a peak measurement: runs a loop of `iters` iterations, returns a value
@@ -664,7 +658,8 @@ int kiln_cmd_bench(int argc, char **argv) {
                        r->median_tps / r->batch * r->bytes_per_step / 1e9, median_of(r->bw, r->n_reps) / 1e9);
             else if (roofline && r->flops_per_run > 0 && paired_peak_fraction(r) > 0)
                 printf(" %.0f%% of %s (%.0f %s of %.0f) |", 100 * paired_peak_fraction(r), peak_name,
-                       r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit, median_of(r->peak, r->n_reps) / 1e9);
+                       r->median_tps * r->flops_per_run / r->n_tokens / 1e9, peak_unit,
+                       median_of(r->peak, r->n_reps) / 1e9);
             else if (roofline)
                 printf(" - |");
             printf("\n");

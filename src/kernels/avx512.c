@@ -321,7 +321,7 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
     }
 }
 
-/* np (1 or 2) consecutive panels against activation rows [c0, c1). */
+/* np (1, 2, or 4 for one row: panels.h quads) consecutive panels against activation rows [c0, c1). */
 static inline __attribute__((always_inline)) void q_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
                                                              const qact *a, int64_t c0, int64_t c1, float *y,
                                                              int64_t n_out, int64_t o0) {

@@ -22,8 +22,8 @@
 #define KILN_PANEL_SHARES 8
 
 typedef struct kiln_panel_job kiln_panel_job;
-/* Multiplies panels [p, p + np) (np 1 or 2, memory at `panels`) of matrix mi by activation rows
- * [c0, c1) into that matrix's y. */
+/* Multiplies panels [p, p + np) (np 1 or 2; 4 for one row when the job has quads; memory at
+ * `panels`) of matrix mi by activation rows [c0, c1) into that matrix's y. */
 typedef void (*kiln_panel_run_fn)(const kiln_panel_job *j, int mi, const uint8_t *panels, int64_t p, int np,
                                   int64_t c0, int64_t c1);
 /* Packs panel p of the job's raw weights (n_out rows) into dst (pb bytes). */
@@ -118,7 +118,7 @@ static inline bool kiln_panel_item_quad(const kiln_panel_job *j, int64_t it) {
     return true;
 }
 
-/* Items [lo, hi) of a one-row-block job. */
+/* Items [lo, hi) of a job (pairs of them as quads when the job has quads). */
 static inline void kiln_panel_items(const kiln_panel_job *j, int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; it++) {
         if (j->quads && it + 1 < hi && kiln_panel_item_quad(j, it)) it++;
