@@ -3,7 +3,11 @@
  * Q8_0 / Q4_0: each activation row is quantized once per matmul to int8 blocks of 32 (scale
  * amax/127, a float); block dot products are exact int32 (vpdpbusd) and each (row, block) adds
  * float(int) * (d_w * d_x) with one FMA, blocks in order, so a row's result is bit-identical
- * whichever path (matrix-vector or panel matrix-matrix) computed it. F32/F16/BF16: f32 FMA.
+ * whichever path (matrix-vector or panel matrix-matrix) computed it. F16 / BF16: the same scheme
+ * on 16-bit integers (see "W16" below): packed weights hold int16 with a power-of-two scale per
+ * (row, block of 32), activations are rounded to int16 blocks (scale amax/8191), and block dots
+ * are exact int32 (vpdpwssd, two products per lane per instruction: twice the f32 FMA rate). F32:
+ * f32 FMA.
  * Reentrant; matmuls split output rows over the compute team (pool.h); per-thread scratch grows,
  * never shrinks. */
 #include "kernels/kernels.h"
@@ -36,26 +40,55 @@ static void quantize_row(const float *x, int64_t n, int32_t off, int8_t *q, floa
     }
 }
 
-/* Quantized activations of one matmul: n_x rows of n_in int8, then per-block scales and
- * corrections (n_x, n_in / 32) each. */
+/* The largest |q| of the W16 scheme, weights and activations alike: a block's int32 sum of 32
+ * products is at most 32 * 8191^2 = 2146959392 < 2^31, so it cannot overflow. */
+#define W16_MAX 8191
+
+/* W16 activations: x (n,) -> q (nb * 32,) int16 (the tail of the last block zero), d (nb,)
+ * scales amax/W16_MAX; q = round(x / d), |q| <= W16_MAX. */
+static void quantize_row16(const float *x, int64_t n, int16_t *q, float *d) {
+    for (int64_t b = 0; b * 32 < n; b++) {
+        int64_t left = n - 32 * b;
+        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, x + 32 * b), v1 = _mm512_maskz_loadu_ps(m1, x + 32 * b + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float id = amax > 0 ? (float)W16_MAX / amax : 0.0f;
+        d[b] = amax / (float)W16_MAX;
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), _mm512_cvtepi32_epi16(q0));
+        _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), _mm512_cvtepi32_epi16(q1));
+    }
+}
+
+/* Quantized activations of one matmul: n_x rows of nb blocks of 32 quants (int8, or int16 for
+ * W16), then per-block scales and corrections (n_x, nb) each (W16 has no corrections). */
 typedef struct qact {
     int8_t *q;
     float *d;
     int32_t *corr;
     int64_t nb;                /* blocks per row */
+    size_t bb;                 /* bytes of one block of quants: 32 or 64 (W16) */
 } qact;
 
-static qact qact_alloc(int64_t n_x, int64_t n_in) {
+static qact qact_alloc(int64_t n_x, int64_t n_in, bool w16) {
     qact a;
-    a.nb = n_in / 32;
-    size_t nq = (size_t)n_x * (size_t)n_in, ns = (size_t)n_x * (size_t)a.nb;
+    a.nb = (n_in + 31) / 32;
+    a.bb = w16 ? 64 : 32;
+    size_t ns = (size_t)n_x * (size_t)a.nb, nq = ns * a.bb;
     size_t nq_al = (nq + 63) & ~(size_t)63;
-    KILN_ASSERT(nq / (size_t)n_x == (size_t)n_in);
+    KILN_ASSERT(ns / (size_t)n_x == (size_t)a.nb && nq / a.bb == ns);
     char *p = kiln_pool_scratch(KILN_SCRATCH_ACT, nq_al + ns * 8);
     a.q = (int8_t *)p;
     a.d = (float *)(p + nq_al);
     a.corr = (int32_t *)(p + nq_al + ns * 4);
     return a;
+}
+
+/* The quant words (pairs of int16, or fours of int8) of activation row r, block b. */
+static inline const int32_t *act_words(const qact *a, int64_t r, int64_t b) {
+    return (const int32_t *)(a->q + (size_t)(r * a->nb + b) * a->bb);
 }
 
 /* ---- packed panels ----
@@ -68,7 +101,16 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
  *     lane r holds 4 quant bytes of row r: Q8_0 (QV = 8) vector j = qs[4j..4j+3] + 128 (unsigned);
  *     Q4_0 (QV = 4) vector j = qs[4j..4j+3], elements 4j.. in the low nibbles, 16 + 4j.. in the
  *     high nibbles.
- *   F32 / F16 / BF16: for each k < n_in, the 16 rows' element k (64 or 32 bytes).
+ *   W16 (F16 / BF16), nb = ceil(n_in / 32) blocks, the last one padded with zeros: first the
+ *     scales, for each block the 16 rows' biased exponent bytes E (nb * 16 bytes, rounded up to
+ *     64), the row's weights in the block being q * 2^(E - 127); then the quants, for each block
+ *     16 64-byte vectors whose lane r holds row r's int16 q of elements 2j and 2j + 1 (vector j).
+ *     E is the smallest exponent (at least -126) with every |w| <= W16_MAX * 2^(E - 127): a weight
+ *     within three binades of its block's largest (F16) or six (BF16) is held exactly; smaller ones
+ *     are rounded to a multiple of 2^(E - 127), an error below blockmax / 8191 (a zero block
+ *     is exact). Non-finite weights have no int16 value: a block holding one reads as garbage (the
+ *     f32 path would give inf/NaN).
+ *   F32: for each k < n_in, the 16 rows' element k (64 bytes).
  * The raw-layout matmul packs one panel at a time into a per-thread buffer and runs the same
  * tiles, so packed and raw weights give bit-identical results. */
 
@@ -76,14 +118,13 @@ static qact qact_alloc(int64_t n_x, int64_t n_in) {
 
 static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-static size_t elem_bytes(kiln_wtype t) { return t == KILN_WTYPE_F32 ? 4 : 2; }
-
 static bool packable(kiln_wtype t) {
     return t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0 || t == KILN_WTYPE_F32 || t == KILN_WTYPE_F16 ||
            t == KILN_WTYPE_BF16;
 }
 
 static bool is_q(kiln_wtype t) { return t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0; }
+static bool is_w16(kiln_wtype t) { return t == KILN_WTYPE_F16 || t == KILN_WTYPE_BF16; }
 
 /* Bytes of one packed panel of rows of n_in elements. */
 static size_t panel_bytes(kiln_wtype t, int64_t n_in) {
@@ -91,7 +132,41 @@ static size_t panel_bytes(kiln_wtype t, int64_t n_in) {
         size_t nb = (size_t)n_in / 32, qv = t == KILN_WTYPE_Q4_0 ? 4 : 8;
         return round64(nb * 32) + nb * qv * 64;
     }
-    return round64((size_t)n_in * PANEL * elem_bytes(t));
+    if (is_w16(t)) {
+        size_t nb = ((size_t)n_in + 31) / 32;
+        return round64(nb * 16) + nb * 16 * 64;
+    }
+    return round64((size_t)n_in * PANEL * sizeof(float));
+}
+
+/* W16: elements [32b, 32b + 32) of one F16 or BF16 row of n_in as int16 pairs (words[j] = elements
+ * 2j, 2j + 1; zeros past n_in) and their biased exponent (the panel comment). */
+static uint8_t w16_block(kiln_wtype t, const uint16_t *row, int64_t n_in, int64_t b, uint32_t words[16]) {
+    int64_t left = n_in - 32 * b;
+    __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+    __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    __m256i h0 = _mm256_maskz_loadu_epi16(m0, row + 32 * b), h1 = _mm256_maskz_loadu_epi16(m1, row + 32 * b + 16);
+    __m512 v0, v1;
+    if (t == KILN_WTYPE_F16) {
+        v0 = _mm512_cvtph_ps(h0), v1 = _mm512_cvtph_ps(h1);
+    } else {
+        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h0), 16));
+        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+    }
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    int e = -126;
+    if (amax > 0 && isfinite(amax)) {
+        int ex;
+        (void)frexpf(amax, &ex); /* amax = m * 2^ex, 0.5 <= m < 1 */
+        e = KILN_MAX(-126, KILN_MIN(127, ex - 13)); /* W16_MAX * 2^(ex - 13) = 2^ex * 8191/8192 */
+        if (e < 127 && amax > ldexpf((float)W16_MAX, e)) e++;
+    }
+    __m512 inv = _mm512_set1_ps(ldexpf(1.0f, -e)); /* exact: a power of two */
+    __m256i q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
+    __m256i q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
+    _mm256_storeu_si256((__m256i *)words, q0);
+    _mm256_storeu_si256((__m256i *)(words + 8), q1);
+    return (uint8_t)(e + 127);
 }
 
 /* Panel p of w (rows 16p .. 16p + 15) into dst (panel_bytes). */
@@ -101,17 +176,21 @@ static void pack_panel(kiln_wtype t, const void *w, size_t row_bytes, int64_t n_
     if (n_rows < PANEL) memset(dst, 0, panel_bytes(t, n_in)); /* zero rows pad the last panel */
     const uint8_t *rows[PANEL];
     for (int r = 0; r < n_rows; r++) rows[r] = (const uint8_t *)w + (size_t)(p * PANEL + r) * row_bytes;
-    if (!is_q(t)) {
+    if (t == KILN_WTYPE_F32) {
         /* element k of the 16 rows side by side: sequential writes, 16 sequential reads */
-        if (t == KILN_WTYPE_F32) {
-            float *d = (float *)dst;
-            for (int64_t k = 0; k < n_in; k++)
-                for (int r = 0; r < n_rows; r++) d[k * PANEL + r] = ((const float *)rows[r])[k];
-        } else {
-            uint16_t *d = (uint16_t *)dst;
-            for (int64_t k = 0; k < n_in; k++)
-                for (int r = 0; r < n_rows; r++) d[k * PANEL + r] = ((const uint16_t *)rows[r])[k];
-        }
+        float *d = (float *)dst;
+        for (int64_t k = 0; k < n_in; k++)
+            for (int r = 0; r < n_rows; r++) d[k * PANEL + r] = ((const float *)rows[r])[k];
+        return;
+    }
+    if (is_w16(t)) {
+        const int64_t nb = (n_in + 31) / 32;
+        uint32_t *q = (uint32_t *)(dst + round64((size_t)nb * 16)), words[16];
+        for (int64_t b = 0; b < nb; b++)
+            for (int r = 0; r < n_rows; r++) {
+                dst[b * PANEL + r] = w16_block(t, (const uint16_t *)rows[r], n_in, b, words);
+                for (int j = 0; j < 16; j++) q[((size_t)b * 16 + j) * PANEL + r] = words[j];
+            }
         return;
     }
     const int64_t nb = n_in / 32;
@@ -143,6 +222,27 @@ static inline __m512i dpbusd_b(__m512i acc, __m512i w, const int32_t *a) {
     return acc;
 }
 
+/* The same for vpdpwssd (W16: pairs of int16). */
+static inline __m512i dpwssd_b(__m512i acc, __m512i w, const int32_t *a) {
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*a));
+    return acc;
+}
+
+/* The tiles below take t = Q8_0, Q4_0, or F16 for W16 panels (F16's and BF16's are alike). */
+#define W16 KILN_WTYPE_F16
+
+/* Bytes of one block's quants in a panel; of its scales. */
+static inline size_t q_block_bytes(kiln_wtype t) { return t == KILN_WTYPE_Q4_0 ? 256 : t == W16 ? 1024 : 512; }
+static inline size_t q_scale_bytes(kiln_wtype t) { return t == W16 ? 16 : 32; }
+
+/* The 16 rows' scales of block b: f16 d (Q types) or 2^(E - 127) from W16's exponent bytes. */
+static inline __m512 q_scales(kiln_wtype t, const uint8_t *panel, int64_t b) {
+    if (t == W16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(panel + (size_t)b * 16))), 23));
+    return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(panel + (size_t)b * 32)));
+}
+
 /* ---- Q8_0 / Q4_0 tile: NP panels x C activation rows ----
  * Per (row, block): the exact int32 dot (vpdpbusd, in any order) plus the correction, then
  * acc += float(sum) * (d_w * d_x) with one FMA, blocks in order. NP = 2 (single-row case) reads two
@@ -151,7 +251,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
                                                          size_t pb, const qact *a, int64_t c0, float *y,
                                                          int64_t n_out, int64_t o0) {
     const int64_t nb = a->nb;
-    const size_t qb = t == KILN_WTYPE_Q4_0 ? 256 : 512, q_off = round64((size_t)nb * 32);
+    const size_t qb = q_block_bytes(t), q_off = round64((size_t)nb * q_scale_bytes(t));
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc[4][Q_ROWS];
     #pragma GCC unroll 4
@@ -162,7 +262,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
         #pragma GCC unroll 4
         for (int p = 0; p < NP; p++) {
             const uint8_t *pp = panel + p * pb;
-            __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pp + (size_t)b * 32)));
+            __m512 dw = q_scales(t, pp, b);
             const uint8_t *q = pp + q_off + (size_t)b * qb;
             /* Prefetch. Several rows (C > 1): into L2, the same block of the next panel(s) (a
              * pair's weights are reread for every row tile; a fixed distance would land inside the
@@ -177,9 +277,21 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
                 for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + Q_PF_DECODE + i), _MM_HINT_T0);
                 if (b % 2 == 0) _mm_prefetch((const char *)(pp + (size_t)b * 32 + Q_PF_DECODE), _MM_HINT_T0);
             } else if (C > 1) {
-                #pragma GCC unroll 8
+                #pragma GCC unroll 16
                 for (size_t i = 0; i < qb; i += 64) _mm_prefetch((const char *)(q + NP * pb + i), _MM_HINT_T1);
-                _mm_prefetch((const char *)(pp + NP * pb + (size_t)b * 32), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pp + NP * pb + (size_t)b * q_scale_bytes(t)), _MM_HINT_T1);
+            }
+            if (t == W16) {
+                #pragma GCC unroll 16
+                for (int c = 0; c < C; c++) {
+                    const int32_t *aq = act_words(a, c0 + c, b);
+                    __m512i s0 = _mm512_setzero_si512();
+                    #pragma GCC unroll 16
+                    for (int j = 0; j < 16; j++) s0 = dpwssd_b(s0, _mm512_load_si512(q + 64 * j), aq + j);
+                    __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[(c0 + c) * nb + b]));
+                    acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), sc, acc[p][c]);
+                }
+                continue;
             }
             __m512i wv[8];
             if (t == KILN_WTYPE_Q4_0 && C == 1) {
@@ -187,7 +299,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
                  * instead of shift + AND; their dot is 16 x the true one, exactly, and is shifted
                  * back once (the int32 sum is the same as below, bit for bit) */
                 const __m512i m4h = _mm512_set1_epi8((char)0xf0);
-                const int32_t *aq = (const int32_t *)(a->q + (c0 * nb + b) * 32);
+                const int32_t *aq = act_words(a, c0, b);
                 __m512i s0 = _mm512_set1_epi32(a->corr[c0 * nb + b]), s1 = _mm512_setzero_si512();
                 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++) {
@@ -214,7 +326,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             #pragma GCC unroll 16
             for (int c = 0; c < C; c++) {
                 int64_t r = c0 + c;
-                const int32_t *aq = (const int32_t *)(a->q + (r * nb + b) * 32);
+                const int32_t *aq = act_words(a, r, b);
                 /* one chain from the correction: the int32 sum is exact in any order, and rows of
                  * the tile are independent chains (no add of two partial sums) */
                 __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]);
@@ -247,7 +359,7 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
                                                           bool pf, const qact *a, int64_t c0, float *y,
                                                           int64_t n_out, int64_t o0) {
     const int64_t nb = a->nb;
-    const size_t qb = t == KILN_WTYPE_Q4_0 ? 256 : 512, q_off = round64((size_t)nb * 32);
+    const size_t qb = q_block_bytes(t), q_off = round64((size_t)nb * q_scale_bytes(t));
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const uint8_t *p1 = panel + pb;
     __m512 acc[2][Q2_ROWS];
@@ -272,11 +384,21 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
         __m512i s[2][Q2_ROWS];
         #pragma GCC unroll 6
         for (int c = 0; c < C; c++) {
-            int64_t i = (c0 + c) * nb + b;
-            aq[c] = (const int32_t *)(a->q + i * 32);
-            s[0][c] = s[1][c] = _mm512_set1_epi32(a->corr[i]);
+            aq[c] = act_words(a, c0 + c, b);
+            s[0][c] = s[1][c] = t == W16 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->corr[(c0 + c) * nb + b]);
         }
-        if (t == KILN_WTYPE_Q4_0) {
+        if (t == W16) {
+            #pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                __m512i w0 = _mm512_load_si512(q0 + 64 * j), w1 = _mm512_load_si512(q1 + 64 * j);
+                #pragma GCC unroll 6
+                for (int c = 0; c < C; c++) {
+                    __m512i av = _mm512_set1_epi32(aq[c][j]);
+                    s[0][c] = _mm512_dpwssd_epi32(s[0][c], w0, av);
+                    s[1][c] = _mm512_dpwssd_epi32(s[1][c], w1, av);
+                }
+            }
+        } else if (t == KILN_WTYPE_Q4_0) {
             #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 __m512i v0 = _mm512_load_si512(q0 + 64 * j), v1 = _mm512_load_si512(q1 + 64 * j);
@@ -303,8 +425,7 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
                 }
             }
         }
-        __m512 dw0 = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(panel + (size_t)b * 32)));
-        __m512 dw1 = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(p1 + (size_t)b * 32)));
+        __m512 dw0 = q_scales(t, panel, b), dw1 = q_scales(t, p1, b);
         #pragma GCC unroll 6
         for (int c = 0; c < C; c++) {
             __m512 dx = _mm512_set1_ps(a->d[(c0 + c) * nb + b]);
@@ -370,32 +491,26 @@ static inline __attribute__((always_inline)) void q_panels_t(kiln_wtype t, const
 static void q_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, const qact *a, int64_t c0, int64_t c1,
                      float *y, int64_t n_out, int64_t o0) {
     if (t == KILN_WTYPE_Q4_0) q_panels_t(KILN_WTYPE_Q4_0, panel, pb, np, a, c0, c1, y, n_out, o0);
-    else q_panels_t(KILN_WTYPE_Q8_0, panel, pb, np, a, c0, c1, y, n_out, o0);
+    else if (t == KILN_WTYPE_Q8_0) q_panels_t(KILN_WTYPE_Q8_0, panel, pb, np, a, c0, c1, y, n_out, o0);
+    else q_panels_t(W16, panel, pb, np, a, c0, c1, y, n_out, o0);
 }
 
-/* Activation rows per float tile (two panels side by side), and how far ahead in a panel its
+/* Activation rows per F32 tile (two panels side by side), and how far ahead in a panel its
  * weights are prefetched: into L2 for tiles of several rows; into L1, nearer, for the single-row
- * (decode) tile, which streams faster with it (kbench, 22 layers of F16: 51-61 GB/s against
- * 41-53 without on a fast-memory phase of the host, 34-38 against 33-35 on a slow one; 2048 and
- * 16384 bytes ahead measured slower than 4096). */
+ * (decode) tile, which streams faster with it (kbench, 22 layers of F16 when F16 took this path:
+ * 51-61 GB/s against 41-53 without on a fast-memory phase of the host, 34-38 against 33-35 on a
+ * slow one; 2048 and 16384 bytes ahead measured slower than 4096). */
 #define F_ROWS 8
 #define F_PF_BYTES 8192
 #define F_PF_DECODE 4096
 
-/* ---- F32 / F16 / BF16 tile: NP panels x C activation rows ----
+/* ---- F32 tile: NP panels x C activation rows ----
  * Per (row, panel): acc += w[k] * x[k] with one f32 FMA per k, k in order; NP panels side by side
  * give the single-row case independent FMA chains. */
-static inline __m512 load_w16(kiln_wtype t, const uint8_t *p) {
-    if (t == KILN_WTYPE_F32) return _mm512_load_ps((const float *)p);
-    __m256i h = _mm256_load_si256((const __m256i *)p);
-    if (t == KILN_WTYPE_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, int C, const uint8_t *panel,
-                                                         size_t pb, int64_t n_in, const float *x, int64_t c0,
-                                                         float *y, int64_t n_out, int64_t o0) {
-    const size_t vb = PANEL * elem_bytes(t);
+static inline __attribute__((always_inline)) void f_tile(int NP, int C, const uint8_t *panel, size_t pb,
+                                                         int64_t n_in, const float *x, int64_t c0, float *y,
+                                                         int64_t n_out, int64_t o0) {
+    const size_t vb = PANEL * sizeof(float);
     __m512 acc[4][F_ROWS];
     #pragma GCC unroll 4
     for (int p = 0; p < NP; p++)
@@ -405,11 +520,9 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
         __m512 wv[4];
         #pragma GCC unroll 4
         for (int p = 0; p < NP; p++) {
-            if (k % (64 / vb) == 0) {
-                if (C == 1) _mm_prefetch((const char *)(panel + p * pb + (size_t)k * vb + F_PF_DECODE), _MM_HINT_T0);
-                else _mm_prefetch((const char *)(panel + p * pb + (size_t)k * vb + F_PF_BYTES), _MM_HINT_T1);
-            }
-            wv[p] = load_w16(t, panel + p * pb + (size_t)k * vb);
+            if (C == 1) _mm_prefetch((const char *)(panel + p * pb + (size_t)k * vb + F_PF_DECODE), _MM_HINT_T0);
+            else _mm_prefetch((const char *)(panel + p * pb + (size_t)k * vb + F_PF_BYTES), _MM_HINT_T1);
+            wv[p] = _mm512_load_ps((const float *)(panel + p * pb + (size_t)k * vb));
         }
         #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
@@ -429,41 +542,31 @@ static inline __attribute__((always_inline)) void f_tile(kiln_wtype t, int NP, i
 
 
 /* np (1 or 2) consecutive panels against activation rows [c0, c1). */
-static inline __attribute__((always_inline)) void f_panels_t(kiln_wtype t, const uint8_t *panel, size_t pb, int np,
-                                                             int64_t n_in, const float *x, int64_t c0, int64_t c1,
-                                                             float *y, int64_t n_out, int64_t o0) {
+static void f_panels(const uint8_t *panel, size_t pb, int np, int64_t n_in, const float *x, int64_t c0, int64_t c1,
+                     float *y, int64_t n_out, int64_t o0) {
     if (c1 - c0 == 1) { /* the single-row case: every panel is its own FMA chain */
-        if (np == 2) f_tile(t, 2, 1, panel, pb, n_in, x, c0, y, n_out, o0);
-        else f_tile(t, 1, 1, panel, pb, n_in, x, c0, y, n_out, o0);
+        if (np == 2) f_tile(2, 1, panel, pb, n_in, x, c0, y, n_out, o0);
+        else f_tile(1, 1, panel, pb, n_in, x, c0, y, n_out, o0);
         return;
     }
     int64_t c = c0;
 #define FT(NP)                                                                                               \
     do {                                                                                                     \
-        for (; c + F_ROWS <= c1; c += F_ROWS) f_tile(t, NP, F_ROWS, panel, pb, n_in, x, c, y, n_out, o0);    \
+        for (; c + F_ROWS <= c1; c += F_ROWS) f_tile(NP, F_ROWS, panel, pb, n_in, x, c, y, n_out, o0);       \
         switch (c1 - c) {                                                                                    \
-        case 7: f_tile(t, NP, 7, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 6: f_tile(t, NP, 6, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 5: f_tile(t, NP, 5, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 4: f_tile(t, NP, 4, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 3: f_tile(t, NP, 3, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 2: f_tile(t, NP, 2, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
-        case 1: f_tile(t, NP, 1, panel, pb, n_in, x, c, y, n_out, o0); break;                                \
+        case 7: f_tile(NP, 7, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 6: f_tile(NP, 6, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 5: f_tile(NP, 5, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 4: f_tile(NP, 4, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 3: f_tile(NP, 3, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 2: f_tile(NP, 2, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
+        case 1: f_tile(NP, 1, panel, pb, n_in, x, c, y, n_out, o0); break;                                   \
         default: break;                                                                                      \
         }                                                                                                    \
     } while (0)
     if (np == 2) FT(2);
     else FT(1);
 #undef FT
-}
-
-static void f_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, int64_t n_in, const float *x,
-                     int64_t c0, int64_t c1, float *y, int64_t n_out, int64_t o0) {
-    switch (t) {
-    case KILN_WTYPE_F32: f_panels_t(KILN_WTYPE_F32, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
-    case KILN_WTYPE_F16: f_panels_t(KILN_WTYPE_F16, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
-    default: f_panels_t(KILN_WTYPE_BF16, panel, pb, np, n_in, x, c0, c1, y, n_out, o0); break;
-    }
 }
 
 /* ---- the matmul job (panels.h): several matrices sharing one input ---- */
@@ -477,18 +580,20 @@ typedef struct mjob {
     size_t row_bytes;
     int64_t n_in;
     const float *x;
-    qact a;                    /* quantized activations (Q types) */
+    qact a;                    /* quantized activations (Q types, W16) */
     kiln_panel_job pj;
 } mjob;
 
 static void m_quant_part(void *ctx, int ith, int nth) {
     mjob *j = ctx;
     int32_t off = j->t == KILN_WTYPE_Q4_0 ? 8 : 128;
-    int64_t lo, hi;
+    int64_t lo, hi, nb = j->a.nb;
     kiln_pool_range(j->pj.n_x, ith, nth, &lo, &hi);
-    for (int64_t r = lo; r < hi; r++)
-        quantize_row(j->x + r * j->n_in, j->n_in, off, j->a.q + r * j->n_in, j->a.d + r * j->a.nb,
-                     j->a.corr + r * j->a.nb);
+    for (int64_t r = lo; r < hi; r++) {
+        int8_t *q = j->a.q + (size_t)(r * nb) * j->a.bb;
+        if (is_w16(j->t)) quantize_row16(j->x + r * j->n_in, j->n_in, (int16_t *)q, j->a.d + r * nb);
+        else quantize_row(j->x + r * j->n_in, j->n_in, off, q, j->a.d + r * nb, j->a.corr + r * nb);
+    }
 }
 
 static void m_pack(const kiln_panel_job *pj, int64_t n_out, int64_t p, uint8_t *dst) {
@@ -500,8 +605,8 @@ static void m_run(const kiln_panel_job *pj, int mi, const uint8_t *panels, int64
                   int64_t c1) {
     const mjob *j = pj->ctx;
     const kiln_pmat *M = &pj->mats[mi];
-    if (is_q(j->t)) q_panels(j->t, panels, pj->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
-    else f_panels(j->t, panels, pj->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
+    if (j->t == KILN_WTYPE_F32) f_panels(panels, pj->pb, np, j->n_in, j->x, c0, c1, M->y, M->n_out, p * PANEL);
+    else q_panels(j->t, panels, pj->pb, np, &j->a, c0, c1, M->y, M->n_out, p * PANEL);
 }
 
 /* mats (all packed, or one raw matrix w) @ x. */
@@ -518,8 +623,8 @@ static void run_matmul(kiln_wtype t, const kiln_pmat *mats, int n_mats, const vo
     j.pj.quads = n_x == 1 && !w && t == KILN_WTYPE_Q8_0;
     /* Small products run on the calling thread: waking the team costs more than they do. */
     int nt = work >= 65536.0 ? n_threads : 1;
-    if (is_q(t)) {
-        j.a = qact_alloc(n_x, n_in);
+    if (t != KILN_WTYPE_F32) {
+        j.a = qact_alloc(n_x, n_in, is_w16(t));
         if (n_x >= QUANT_PAR_ROWS) kiln_pool_run(nt, m_quant_part, &j);
         else m_quant_part(&j, 0, 1);
     }

@@ -212,6 +212,9 @@ static void team_sizes(void) {
  *   matmul F32/F16/BF16 (f32 FMA, another summation order): 1e-5 mag;
  *   matmul Q8_0/Q4_0 (activations rounded to int8 blocks of 32, scale amax/127): at most half a
  *     step per element, sum_i |w_i| amax(block of i) / 254, plus 1e-5 mag;
+ *   matmul F16/BF16 in the avx512 table (W16: activations rounded to int16 blocks of 32, scale
+ *     amax/8191; weights to int16 with a power-of-two scale below 2 wmax/8191 per block of 32):
+ *     sum_i |w_i| amax(block of i) / 16382 + sum_i |x_i| wmax(block of i) / 8191, plus 1e-5 mag;
  *   dot / axpy: 1e-5 of sum |a b|; other ops: 1e-6 absolute on O(1) values.
  * And a row's matmul result is bit-identical whatever the other rows of the batch (the engine's
  * batching invariance rests on it). */
@@ -225,20 +228,24 @@ static void check_table_matmul(const kiln_kernels *T, kiln_wtype t, int n_out, i
     T->matmul(t, w, rb, n_out, n_in, x, n_x, y, 2);
     kiln_kernels_ref.matmul(t, w, rb, n_out, n_in, x, n_x, yr, 2);
     bool quant = t == KILN_WTYPE_Q8_0 || t == KILN_WTYPE_Q4_0;
+    bool w16 = (t == KILN_WTYPE_F16 || t == KILN_WTYPE_BF16) && strcmp(T->name, "avx512") == 0;
     int bad = 0;
     for (int xr = 0; xr < n_x; xr++) {
         for (int o = 0; o < n_out; o++) {
-            double mag = 0, qerr = 0;
+            double mag = 0, qerr = 0, werr = 0;
             for (int b = 0; b < n_in; b += 32) {
-                double amax = 0, wsum = 0;
+                double amax = 0, wsum = 0, wmax = 0, xsum = 0;
                 for (int i = b; i < n_in && i < b + 32; i++) {
                     amax = fmax(amax, fabs(x[xr * n_in + i]));
+                    wmax = fmax(wmax, fabs(wf[(size_t)o * n_in + i]));
                     wsum += fabs(wf[(size_t)o * n_in + i]);
+                    xsum += fabs(x[xr * n_in + i]);
                     mag += fabs(wf[(size_t)o * n_in + i] * x[xr * n_in + i]);
                 }
                 qerr += wsum * amax / 254;
+                werr += wsum * amax / 16382 + xsum * wmax / 8191;
             }
-            double tol = 1e-5 * mag + (quant ? qerr : 0) + 1e-7;
+            double tol = 1e-5 * mag + (quant ? qerr : 0) + (w16 ? werr : 0) + 1e-7;
             double got = y[xr * n_out + o], want = yr[xr * n_out + o];
             if (fabs(got - want) > tol && bad++ < 3)
                 CHECK_MSG(0, "%s type %d (%d,%d,%d) [%d,%d]: %.7g vs ref %.7g (tol %.3g)", T->name, (int)t, n_out,
