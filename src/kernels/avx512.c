@@ -154,14 +154,16 @@ static uint8_t w16_block(kiln_wtype t, const uint16_t *row, int64_t n_in, int64_
         v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
     }
     float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    int e = -126;
-    if (amax > 0 && isfinite(amax)) {
-        int ex;
-        (void)frexpf(amax, &ex); /* amax = m * 2^ex, 0.5 <= m < 1 */
-        e = KILN_MAX(-126, KILN_MIN(127, ex - 13)); /* W16_MAX * 2^(ex - 13) = 2^ex * 8191/8192 */
-        if (e < 127 && amax > ldexpf((float)W16_MAX, e)) e++;
-    }
-    __m512 inv = _mm512_set1_ps(ldexpf(1.0f, -e)); /* exact: a power of two */
+    uint32_t bits;
+    memcpy(&bits, &amax, 4);
+    /* amax = M * 2^(x - 150), M = 2^23 + mantissa bits, x the biased exponent (normal amax; a
+     * subnormal or zero one takes the floor -126, as does an inf or NaN). W16_MAX * 2^e >= amax
+     * for e = x - 139 exactly when M <= W16_MAX * 2^11, i.e. mantissa bits <= 0x7ff800; else
+     * e = x - 138. */
+    int x = (int)(bits >> 23);
+    int e = x == 0 || x == 255 ? -126 : x - 139 + ((bits & 0x7fffff) > 0x7ff800);
+    e = KILN_MAX(-126, e);
+    __m512 inv = _mm512_castsi512_ps(_mm512_set1_epi32((127 - e) << 23)); /* 2^-e, e <= 115 */
     __m256i q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
     __m256i q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
     _mm256_storeu_si256((__m256i *)words, q0);

@@ -324,6 +324,49 @@ static void simd_vs_ref_table(const kiln_kernels *T) {
     }
 }
 
+/* ---- the avx512 table's W16 scheme (F16 / BF16 on int16 dot products) ----
+ * (a) The largest int32 block sums it can form: every weight the type's largest significand
+ *     (F16 0x3fff = 2047/1024, int16 8188; BF16 0x3fff = 255/128, 8160) times activations all
+ *     equal (8191): 32 * 8188 * 8191 is just under 2^31, so a weight scale one binade too small
+ *     (|q| up to 16376) would wrap the sum. y must be n_in * w * x to float rounding.
+ * (b) Exactness: a block with largest weight 1.5 holds 1.5, 0.3 and 0.2 (within three binades) to
+ *     float rounding, and 0.0013 to half a step (2^-13 here); a one-hot x reads each weight. */
+static void w16_scheme(void) {
+    const kiln_kernels *T = kiln_kernels_find("avx512");
+    if (!T) {
+        printf("  (avx512 kernels not supported by this CPU: skipped)\n");
+        return;
+    }
+    enum { N_OUT = 17, N_IN = 70 };
+    static uint16_t w[N_OUT * N_IN];
+    static float x[2 * N_IN], y[2 * N_OUT];
+    for (int ti = 0; ti < 2; ti++) {
+        kiln_wtype t = ti ? KILN_WTYPE_BF16 : KILN_WTYPE_F16;
+        float wv = ti ? kiln_bf16_to_f32(0x3fff) : kiln_f16_to_f32(0x3fff);
+        for (int o = 0; o < N_OUT; o++)
+            for (int i = 0; i < N_IN; i++) w[o * N_IN + i] = (uint16_t)((o % 2 ? 0x8000 : 0) | 0x3fff);
+        for (int i = 0; i < 2 * N_IN; i++) x[i] = i < N_IN ? 3.0f : -0.5f;
+        T->matmul(t, w, N_IN * 2, N_OUT, N_IN, x, 2, y, 1);
+        for (int r = 0; r < 2; r++)
+            for (int o = 0; o < N_OUT; o++) {
+                double want = (double)N_IN * (o % 2 ? -wv : wv) * (r ? -0.5 : 3.0);
+                CHECK_NEAR(y[r * N_OUT + o], want, 1e-6 * fabs(want));
+            }
+        const float vals[4] = {1.5f, 0.3f, -0.2f, 0.0013f};
+        for (int i = 0; i < N_IN; i++) {
+            float v = vals[i % 4];
+            w[i] = ti ? kiln_f32_to_bf16(v) : kiln_f32_to_f16(v);
+        }
+        for (int k = 0; k < 4; k++) {
+            memset(x, 0, sizeof(float) * N_IN);
+            x[32 + k] = 1.0f; /* second block: elements 32 + k hold vals[k] */
+            T->matmul(t, w, N_IN * 2, 1, N_IN, x, 1, y, 1);
+            double wk = ti ? kiln_bf16_to_f32(w[32 + k]) : kiln_f16_to_f32(w[32 + k]);
+            CHECK_NEAR(y[0], wk, k < 3 ? 1e-6 * fabs(wk) : ldexp(1, -13));
+        }
+    }
+}
+
 static void simd_vs_ref(void) {
     const char *names[] = {"avx2", "avx512"};
     int n_run = 0;
@@ -580,6 +623,7 @@ int main(void) {
     RUN(pool_stress);
     RUN(pool_caller_last);
     RUN(simd_vs_ref);
+    RUN(w16_scheme);
     RUN(team_sizes);
     if (kiln_kernels_get() != &kiln_kernels_ref) {
         /* The chosen table through the same definitions (its matmul: simd_vs_ref). */
