@@ -21,6 +21,7 @@ LLAMA_CPP = {"q4_0": (227, 60), "q8_0": (126, 36), "f16": (162, 21)}
 PP_TARGET = {"q4_0": 2.0, "q8_0": 2.0, "f16": 1.3}
 TG_TARGET = 0.95
 B16_TARGET = 4.0
+CEILING_NAME = {"fp32": "FMA peak", "int8": "INT8 peak", "int16": "INT16 peak"}
 TYPE_LABEL = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K_M"}
 FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl",
          "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]
@@ -200,9 +201,11 @@ def main():
     stolen = sorted(v for r in reports for x in r["results"] for v in x.get("stolen_per_rep", []))
     # pp reps carry the compute peak measured right before each of them
     pp_peaks = {kind: sorted(p for r in reports if r.get("pp_ceiling") == kind for x in r["results"]
-                             for p in x.get("peak_per_rep", []) if p > 0) for kind in ("fp32", "int8")}
+                             for p in x.get("peak_per_rep", []) if p > 0) for kind in CEILING_NAME}
     peak_max = median([r.get("fma_peak_flops", 0) for r in reports])
     int8_max = median([r.get("int8_peak_ops", 0) for r in reports])
+    int16_max = median([r.get("int16_peak_ops", 0) for r in reports])
+    ceiling_max = {"fp32": peak_max, "int8": int8_max, "int16": int16_max}
     lines = [BEGIN, "# Engine benchmarks (`make bench`)", ""]
     if not reports:
         lines += ["No reports.", END]
@@ -254,9 +257,11 @@ def main():
             "| time the host took, before each tg rep | not measured |",
             "| measured FP32 FMA peak (all threads; median) | %.0f GFLOP/s |" % (peak_max / 1e9),
             "| measured INT8 dot peak (all threads, AVX-512 VNNI; median) | %.0f GOP/s |" % (int8_max / 1e9),
-        ] + [
-            "| the %s peak right before each pp rep (%d measurements; the pp ceilings) | median %.0f, range %.0f-%.0f G/s |"
-            % ("FP32 FMA" if kind == "fp32" else "INT8 dot", len(v), median(v) / 1e9, v[0] / 1e9, v[-1] / 1e9)
+        ] + ([
+            "| measured INT16 dot peak (all threads, AVX-512 VNNI; median) | %.0f GOP/s |" % (int16_max / 1e9),
+        ] if int16_max else []) + [
+            "| the %s right before each pp rep (%d measurements; the pp ceilings) | median %.0f, range %.0f-%.0f G/s |"
+            % (CEILING_NAME[kind], len(v), median(v) / 1e9, v[0] / 1e9, v[-1] / 1e9)
             for kind, v in sorted(pp_peaks.items()) if v
         ] + [
             "| issue 6's figures for this machine type | ~40 GB/s read, ~490 GFLOP/s FP32 FMA, ~1.9 TOP/s int8 dot |",
@@ -301,7 +306,8 @@ def main():
                 for t in pp:
                     x = res[t]
                     c = "%s (%s)" % (fmt(x["tps_median"]), fmt(x["tps_best"]))
-                    ceil, cname = (int8_max, "INT8 peak") if r.get("pp_ceiling") == "int8" else (peak_max, "FMA peak")
+                    kind = r.get("pp_ceiling", "fp32")
+                    ceil, cname = ceiling_max[kind], CEILING_NAME[kind]
                     if "peak_per_rep" in x:    # paired: each rep against the peak measured before it
                         c += ", %.0f%% of %s" % (100 * x["peak_fraction_median"], cname)
                     elif "flops_per_token" in x and ceil > 0:
@@ -355,10 +361,11 @@ def main():
                          " allocations can read at 30 and at 50 GB/s at the same moment (where the host"
                          " placed their pages) and the figure drifts with the host's load, so neither"
                          " the 1 GiB buffer above nor one measurement for all reps is these reps' ceiling."
-                         " % of FMA / INT8 peak: 2 x params +"
-                         " attention operations per token x tok/s, over the FP32 FMA peak"
-                         " (F16) or INT8 dot peak (quantized types, whose matmuls run on int8 dot"
-                         " products) measured right before the rep, median over the reps: the compute"
+                         " % of peak: 2 x params +"
+                         " attention operations per token x tok/s, over the peak of the instructions"
+                         " the model's matmuls run on: INT8 dots (quantized types), INT16 dots (F16"
+                         " and BF16 on the avx512 kernels) or FP32 FMAs (otherwise),"
+                         " measured right before the rep, median over the reps: the compute"
                          " this VM's two threads get also changes with the host's load (the same"
                          " loop measured 1.6 and 0.85 TOP/s of int8 dots an hour apart).")
             lines.append("")

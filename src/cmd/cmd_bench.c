@@ -5,9 +5,10 @@
  * b rows per step, logits for every row; tok/s is the aggregate (b * n / time). Each figure is run
  * --reps times after a warm-up (weights paged in) and reported as median and best (min time).
  * --roofline measures the machine's streaming read bandwidth (every thread, a buffer far larger
- * than the caches), FP32 FMA peak and INT8 dot peak (AVX-512 VNNI), and gives each tg figure as a
- * fraction of the bandwidth ceiling (weight + KV bytes read per step / step time) and pp as a
- * fraction of the INT8 peak (models mostly of quantized weights) or of the FMA peak. A tg
+ * than the caches), FP32 FMA peak and INT8 and INT16 dot peaks (AVX-512 VNNI), and gives each tg
+ * figure as a fraction of the bandwidth ceiling (weight + KV bytes read per step / step time) and
+ * pp as a fraction of the peak of the instructions its matmuls run on: INT8 dots for models mostly
+ * of quantized weights, INT16 dots for F16 / BF16 ones on the avx512 kernels (W16), else FMA. A tg
  * fraction's bandwidth is that of reading the model's own weight memory (the packed copy),
  * measured right before each rep, and the fraction is the median over the reps of the rep's rate
  * over its own measurement: in a VM the read bandwidth of two allocations can differ by half
@@ -43,7 +44,7 @@ static void bench_usage(FILE *f) {
                "  -b LIST     tg batch sizes (sequences decoding together, up to 16 values)\n"
                "  -t N        compute threads (default: physical cores)\n"
                "  --ubatch U  rows per prefill forward (default: p, one batch)\n"
-               "  --roofline  measure memory bandwidth, FMA and INT8 dot peaks; show each figure as a fraction\n");
+               "  --roofline  measure memory bandwidth, FMA, INT8 and INT16 dot peaks; show each figure as a fraction\n");
 }
 
 typedef struct result {
@@ -137,31 +138,41 @@ __attribute__((target("avx512f"))) static float fma512_loop(long iters, float se
     return _mm512_reduce_add_ps(s);
 }
 
-/* 16 independent chains of 512-bit vpdpbusd (64 u8 x s8 products each): iters * 16 * 64 MACs.
- * In asm, accumulating in place: GCC copies the accumulator of the intrinsic every step (the
- * instruction overwrites it), and those copies halved the measured rate. */
-#define DOT_STEP(c) __asm__("vpdpbusd %1, %2, %0" : "+v"(c) : "v"(x), "v"(w))
-__attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, int seed) {
+/* 16 independent chains of 512-bit vpdpbusd (64 u8 x s8 products each: iters * 16 * 64 MACs) or,
+ * with w16, vpdpwssd (32 s16 x s16 products each). In asm, accumulating in place: GCC copies the
+ * accumulator of the intrinsic every step (the instruction overwrites it), and those copies halved
+ * the measured rate. */
+#define DOT8(INSN, a, b, c, d, e, f, g, h)                                                                        \
+    __asm__(INSN " %8, %9, %0\n\t" INSN " %8, %9, %1\n\t" INSN " %8, %9, %2\n\t" INSN " %8, %9, %3\n\t"              \
+            INSN " %8, %9, %4\n\t" INSN " %8, %9, %5\n\t" INSN " %8, %9, %6\n\t" INSN " %8, %9, %7"                    \
+            : "+v"(a), "+v"(b), "+v"(c), "+v"(d), "+v"(e), "+v"(f), "+v"(g), "+v"(h)                               \
+            : "v"(x), "v"(w))
+#define DOT_STEPS(INSN)                                                                                           \
+    do {                                                                                                          \
+        DOT8(INSN, c0, c1, c2, c3, c4, c5, c6, c7);                                                               \
+        DOT8(INSN, c8, c9, c10, c11, c12, c13, c14, c15);                                                         \
+    } while (0)
+__attribute__((target("avx512f,avx512vnni"))) static int dot_loop(long iters, int seed, bool w16) {
     const __m512i w = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
-    /* named variables, not an array: GCC shuffles an array's elements between registers */
+    /* named variables, not an array: GCC keeps an array in memory, storing every chain each step */
     __m512i c0 = _mm512_set1_epi32(seed), c1 = _mm512_set1_epi32(seed + 1), c2 = _mm512_set1_epi32(seed + 2),
             c3 = _mm512_set1_epi32(seed + 3), c4 = _mm512_set1_epi32(seed + 4), c5 = _mm512_set1_epi32(seed + 5),
             c6 = _mm512_set1_epi32(seed + 6), c7 = _mm512_set1_epi32(seed + 7), c8 = _mm512_set1_epi32(seed + 8),
             c9 = _mm512_set1_epi32(seed + 9), c10 = _mm512_set1_epi32(seed + 10), c11 = _mm512_set1_epi32(seed + 11),
             c12 = _mm512_set1_epi32(seed + 12), c13 = _mm512_set1_epi32(seed + 13), c14 = _mm512_set1_epi32(seed + 14),
             c15 = _mm512_set1_epi32(seed + 15);
-    for (long it = 0; it < iters; it++) {
-        DOT_STEP(c0); DOT_STEP(c1); DOT_STEP(c2); DOT_STEP(c3); DOT_STEP(c4); DOT_STEP(c5); DOT_STEP(c6); DOT_STEP(c7);
-        DOT_STEP(c8); DOT_STEP(c9); DOT_STEP(c10); DOT_STEP(c11); DOT_STEP(c12); DOT_STEP(c13); DOT_STEP(c14);
-        DOT_STEP(c15);
-    }
+    if (w16)
+        for (long it = 0; it < iters; it++) DOT_STEPS("vpdpwssd");
+    else
+        for (long it = 0; it < iters; it++) DOT_STEPS("vpdpbusd");
     __m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c0, c1), _mm512_xor_si512(c2, c3)),
                                  _mm512_xor_si512(_mm512_xor_si512(c4, c5), _mm512_xor_si512(c6, c7)));
     s = _mm512_xor_si512(s, _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c8, c9), _mm512_xor_si512(c10, c11)),
                                              _mm512_xor_si512(_mm512_xor_si512(c12, c13), _mm512_xor_si512(c14, c15))));
     return _mm_cvtsi128_si32(_mm512_castsi512_si128(s)); /* keeps the chains live; xor cannot overflow */
 }
-#undef DOT_STEP
+#undef DOT_STEPS
+#undef DOT8
 #endif
 
 /* A buffer for bandwidth passes: written once, so that its pages are mapped. */
@@ -260,6 +271,8 @@ static double paired_peak_fraction(const result *r) { return paired_fraction(r, 
  * that keeps its results live. */
 static int peak_fma(long iters, int seed) { return fma_loop(iters, (float)seed) > 0; }
 static int peak_fma512(long iters, int seed) { return fma512_loop(iters, (float)seed) > 0; }
+static int peak_dot8(long iters, int seed) { return dot_loop(iters, seed, false); }
+static int peak_dot16(long iters, int seed) { return dot_loop(iters, seed, true); }
 
 /* Best of 3 passes of loop on every thread: ops_per_iter * iters * nt / seconds. */
 static double measure_peak(int nt, int (*loop)(long, int), double ops_per_iter) {
@@ -304,14 +317,15 @@ static bool have_int8_dot(void) {
 #endif
 }
 
-/* INT8 dot-product ops/s (2 per u8 x s8 multiply-add) with every thread, measured with AVX-512
- * VNNI (0 when the CPU has none): the ceiling of the integer matmul path of quantized types. */
-static double measure_int8_peak(int nt) {
+/* INT8 (w16: INT16) dot-product ops/s, 2 per multiply-add, with every thread, measured with
+ * AVX-512 VNNI (0 when the CPU has none): the ceiling of the integer matmul path of quantized
+ * types (INT16: of F16 / BF16 on the avx512 kernels). */
+static double measure_dot_peak(int nt, bool w16) {
 #ifdef HAVE_AVX2_BENCH
     if (!have_int8_dot()) return 0;
-    return measure_peak(nt, dot_loop, 16 * 64 * 2);
+    return w16 ? measure_peak(nt, peak_dot16, 16 * 32 * 2) : measure_peak(nt, peak_dot8, 16 * 64 * 2);
 #else
-    (void)nt;
+    (void)nt, (void)w16;
     return 0;
 #endif
 }
@@ -332,18 +346,30 @@ static void weight_costs(const kiln_model *m, double *bytes, double *params) {
     }
 }
 
-/* True when most of the matmul weight bytes are of a type the kernels multiply with integer dot
- * products (quantized activations), false for F32/F16/BF16. */
-static bool mostly_integer(const kiln_model *m) {
+/* The compute ceiling of a prompt: the peak of the instructions that multiply most of the matmul
+ * weight bytes. */
+typedef enum { CEIL_FP32, CEIL_INT8, CEIL_INT16 } pp_ceiling;
+static const char *const CEIL_KEY[] = {"fp32", "int8", "int16"};
+static const char *const CEIL_NAME[] = {"FP32 FMA peak", "INT8 dot peak", "INT16 dot peak"};
+
+static pp_ceiling pp_ceiling_of(const kiln_model *m) {
     const kiln_gguf *g = kiln_model_gguf(m);
-    double ib = 0, fb = 0;
+    double qb = 0, hb = 0, fb = 0; /* quantized, F16 / BF16, F32 */
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const kiln_gguf_tensor *t = &g->tensors[i];
         if (t->n_dims != 2) continue;
-        bool fl = t->type == KILN_DTYPE_F32 || t->type == KILN_DTYPE_F16 || t->type == KILN_DTYPE_BF16;
-        *(fl ? &fb : &ib) += (double)t->n_bytes;
+        bool half = t->type == KILN_DTYPE_F16 || t->type == KILN_DTYPE_BF16;
+        *(t->type == KILN_DTYPE_F32 ? &fb : half ? &hb : &qb) += (double)t->n_bytes;
     }
-    return ib > fb;
+    if (!have_int8_dot()) return CEIL_FP32;
+    if (qb > hb && qb > fb) return CEIL_INT8; /* int8 activations (vpdpbusd; avx2: vpmaddubsw) */
+    /* F16 / BF16: int16 dots (W16) on the avx512 kernels only; f32 FMA on the others */
+    if (hb > fb && strcmp(kiln_kernels_get()->name, "avx512") == 0) return CEIL_INT16;
+    return CEIL_FP32;
+}
+
+static double measure_ceiling(pp_ceiling c, int nt) {
+    return c == CEIL_FP32 ? measure_fma_peak(nt) : measure_dot_peak(nt, c == CEIL_INT16);
 }
 
 /* One line naming the weight types and how many tensors have each. */
@@ -541,8 +567,7 @@ int kiln_cmd_bench(int argc, char **argv) {
         goto out_err;
     }
     const int team = nt > 0 ? nt : omp_get_num_procs();
-    /* pp of a quantized model runs on integer dot products: that is its compute ceiling */
-    const bool pp_int8 = mostly_integer(B.m) && have_int8_dot();
+    const pp_ceiling ceiling = pp_ceiling_of(B.m);
     if (p > 0) {
         result *r = &res[n_res++];
         memset(r, 0, sizeof(*r));
@@ -555,7 +580,7 @@ int kiln_cmd_bench(int argc, char **argv) {
         for (int k = 0; k < reps; k++) {
             /* like the bandwidth, the compute this VM's threads get changes with the host's load
              * (the same loop measured 1.6 and 0.85 TOP/s of int8 dots an hour apart) */
-            if (roofline) r->peak[k] = pp_int8 ? measure_int8_peak(team) : measure_fma_peak(team);
+            if (roofline) r->peak[k] = measure_ceiling(ceiling, team);
             if ((r->secs[r->n_reps++] = run_pp(&B, (int)p, (int)ubatch)) < 0) {
                 err = KILN_ERR_INVALID;
                 goto out_err;
@@ -591,16 +616,16 @@ int kiln_cmd_bench(int argc, char **argv) {
         summarize(r);
     }
 
-    double bw = 0, wbw = 0, peak = 0, fma_peak = 0, int8_peak = 0;
-    const char *peak_name = "FP32 FMA peak", *peak_unit = "GFLOP/s";
+    double bw = 0, wbw = 0, peak = 0, fma_peak = 0, int8_peak = 0, int16_peak = 0;
+    const char *peak_name = CEIL_NAME[ceiling], *peak_unit = ceiling == CEIL_FP32 ? "GFLOP/s" : "GOP/s";
     if (roofline) {
         if (bw_buf_new(&bwb, team, (size_t)1 << 30)) bw = measure_bandwidth(bwb.w, bwb.n, team, 5);
         wbw = measure_bandwidth(wmem, wmem_words, team, 5);
         bw_buf_free(&bwb);
         fma_peak = measure_fma_peak(team);
-        int8_peak = measure_int8_peak(team);
-        peak = fma_peak;
-        if (pp_int8 && int8_peak > 0) peak = int8_peak, peak_name = "INT8 dot peak", peak_unit = "GOP/s";
+        int8_peak = measure_dot_peak(team, false);
+        int16_peak = measure_dot_peak(team, true);
+        peak = ceiling == CEIL_INT8 ? int8_peak : ceiling == CEIL_INT16 ? int16_peak : fma_peak;
     }
 
     const char *kernels = kiln_kernels_get()->name;
@@ -613,7 +638,8 @@ int kiln_cmd_bench(int argc, char **argv) {
         else printf("\"default\"");
         if (roofline)
             printf(", \"bandwidth_bytes_per_s\": %.4g, \"weights_bandwidth_bytes_per_s\": %.4g, \"fma_peak_flops\": %.4g, \"int8_peak_ops\": %.4g, "
-                   "\"pp_ceiling\": \"%s\"", bw, wbw, fma_peak, int8_peak, peak == int8_peak ? "int8" : "fp32");
+                   "\"int16_peak_ops\": %.4g, \"pp_ceiling\": \"%s\"",
+                   bw, wbw, fma_peak, int8_peak, int16_peak, CEIL_KEY[ceiling]);
         printf(", \"results\": [");
         for (int i = 0; i < n_res; i++) {
             result *r = &res[i];

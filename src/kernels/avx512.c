@@ -86,9 +86,11 @@ static qact qact_alloc(int64_t n_x, int64_t n_in, bool w16) {
     return a;
 }
 
-/* The quant words (pairs of int16, or fours of int8) of activation row r, block b. */
-static inline const int32_t *act_words(const qact *a, int64_t r, int64_t b) {
-    return (const int32_t *)(a->q + (size_t)(r * a->nb + b) * a->bb);
+/* The quant words (fours of int8, or pairs of int16 when w16) of activation row r, block b. The
+ * block size is a constant in the tiles: a->bb read there cost Q4_0's pp512 10% (register
+ * pressure in the pair tile). */
+static inline const int32_t *act_words(const qact *a, bool w16, int64_t r, int64_t b) {
+    return (const int32_t *)(a->q + (size_t)(r * a->nb + b) * (w16 ? 64 : 32));
 }
 
 /* ---- packed panels ----
@@ -286,7 +288,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             if (t == W16) {
                 #pragma GCC unroll 16
                 for (int c = 0; c < C; c++) {
-                    const int32_t *aq = act_words(a, c0 + c, b);
+                    const int32_t *aq = act_words(a, t == W16, c0 + c, b);
                     __m512i s0 = _mm512_setzero_si512();
                     #pragma GCC unroll 16
                     for (int j = 0; j < 16; j++) s0 = dpwssd_b(s0, _mm512_load_si512(q + 64 * j), aq + j);
@@ -301,7 +303,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
                  * instead of shift + AND; their dot is 16 x the true one, exactly, and is shifted
                  * back once (the int32 sum is the same as below, bit for bit) */
                 const __m512i m4h = _mm512_set1_epi8((char)0xf0);
-                const int32_t *aq = act_words(a, c0, b);
+                const int32_t *aq = act_words(a, t == W16, c0, b);
                 __m512i s0 = _mm512_set1_epi32(a->corr[c0 * nb + b]), s1 = _mm512_setzero_si512();
                 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++) {
@@ -328,7 +330,7 @@ static inline __attribute__((always_inline)) void q_tile(kiln_wtype t, int NP, i
             #pragma GCC unroll 16
             for (int c = 0; c < C; c++) {
                 int64_t r = c0 + c;
-                const int32_t *aq = act_words(a, r, b);
+                const int32_t *aq = act_words(a, t == W16, r, b);
                 /* one chain from the correction: the int32 sum is exact in any order, and rows of
                  * the tile are independent chains (no add of two partial sums) */
                 __m512i s0 = _mm512_set1_epi32(a->corr[r * nb + b]);
@@ -386,7 +388,7 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
         __m512i s[2][Q2_ROWS];
         #pragma GCC unroll 6
         for (int c = 0; c < C; c++) {
-            aq[c] = act_words(a, c0 + c, b);
+            aq[c] = act_words(a, t == W16, c0 + c, b);
             s[0][c] = s[1][c] = t == W16 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->corr[(c0 + c) * nb + b]);
         }
         if (t == W16) {
@@ -490,11 +492,23 @@ static inline __attribute__((always_inline)) void q_panels_t(kiln_wtype t, const
     }
 }
 
+/* One function per type: with the three in one, GCC's register allocation of the larger function
+ * spilled a pointer in Q4_0's decode loop (engine decode 5-7% slower). */
+#define Q_PANELS_OF(NAME, T)                                                                                      \
+    static __attribute__((noinline)) void NAME(const uint8_t *panel, size_t pb, int np, const qact *a, int64_t c0, \
+                                               int64_t c1, float *y, int64_t n_out, int64_t o0) {                \
+        q_panels_t(T, panel, pb, np, a, c0, c1, y, n_out, o0);                                                    \
+    }
+Q_PANELS_OF(q_panels_q4_0, KILN_WTYPE_Q4_0)
+Q_PANELS_OF(q_panels_q8_0, KILN_WTYPE_Q8_0)
+Q_PANELS_OF(q_panels_w16, W16)
+#undef Q_PANELS_OF
+
 static void q_panels(kiln_wtype t, const uint8_t *panel, size_t pb, int np, const qact *a, int64_t c0, int64_t c1,
                      float *y, int64_t n_out, int64_t o0) {
-    if (t == KILN_WTYPE_Q4_0) q_panels_t(KILN_WTYPE_Q4_0, panel, pb, np, a, c0, c1, y, n_out, o0);
-    else if (t == KILN_WTYPE_Q8_0) q_panels_t(KILN_WTYPE_Q8_0, panel, pb, np, a, c0, c1, y, n_out, o0);
-    else q_panels_t(W16, panel, pb, np, a, c0, c1, y, n_out, o0);
+    if (t == KILN_WTYPE_Q4_0) q_panels_q4_0(panel, pb, np, a, c0, c1, y, n_out, o0);
+    else if (t == KILN_WTYPE_Q8_0) q_panels_q8_0(panel, pb, np, a, c0, c1, y, n_out, o0);
+    else q_panels_w16(panel, pb, np, a, c0, c1, y, n_out, o0);
 }
 
 /* Activation rows per F32 tile (two panels side by side), and how far ahead in a panel its

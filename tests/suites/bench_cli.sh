@@ -2,7 +2,9 @@
 # bench_cli.sh: `kiln bench` on a small random model (release and ASan builds): the JSON report has
 # every requested figure with positive rates consistent with its own timings (tokens / time), the
 # roofline fields when asked, the weight bytes equal to the file's tensor bytes (numpy reader),
-# and bad arguments or a missing model exit 1 without a report.
+# and bad arguments or a missing model exit 1 without a report. The pp ceiling follows the weights and
+# the kernels: INT8 dots for a quantized model, INT16 dots for an F16 one on the avx512 kernels
+# (W16), FP32 FMAs for it on avx2.
 set -u
 root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 py=${PYTHON:-/usr/bin/python3}
@@ -11,6 +13,10 @@ mkdir -p "$work"
 model="$work/bench-cli-q4_k_m.gguf"
 if [ ! -f "$model" ] || [ "$model" -ot "$root/tools/gen_model.py" ]; then
     "$py" "$root/tools/gen_model.py" "$model" --type q4_k_m --dim 256 --ff 512 --layers 3 >/dev/null || exit 1
+fi
+model16="$work/bench-cli-f16.gguf"
+if [ ! -f "$model16" ] || [ "$model16" -ot "$root/tools/gen_model.py" ]; then
+    "$py" "$root/tools/gen_model.py" "$model16" --type f16 --dim 256 --ff 512 --layers 3 >/dev/null || exit 1
 fi
 pass=0 fail=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
@@ -49,6 +55,7 @@ for x in r["results"]:
 assert r["bandwidth_bytes_per_s"] > 1e8 and r["fma_peak_flops"] > 1e8, r
 assert r["weights_bandwidth_bytes_per_s"] > 1e8, r
 assert r["pp_ceiling"] == ("int8" if r["int8_peak_ops"] > 0 else "fp32"), r
+assert (r["int16_peak_ops"] > 0) == (r["int8_peak_ops"] > 0), r
 g = gguf.Reader(sys.argv[1])
 want = sum(gguf.tensor_nbytes(t.type, int(__import__("numpy").prod(t.ne)))
            for n, t in g.tensors.items() if n != "token_embd.weight")
@@ -61,6 +68,20 @@ PY
     for args in "-b 0" "-b 1,x" "-p -1" "--reps 0" "--bogus" "-t"; do
         out=$("$bin" bench -m "$model" $args 2>&1)
         if [ $? -eq 1 ] && ! grep -q '^|' <<<"$out"; then ok "$name: rejects $args"; else bad "$name: $args accepted: $out"; fi
+    done
+    for kern in avx512 avx2; do
+        out=$(KILN_KERNELS=$kern "$bin" bench -m "$model16" -p 8 -n 0 --reps 1 --json --roofline 2>/dev/null)
+        if [ $? -eq 0 ] && "$py" - "$out" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+w16 = r["kernels"] == "avx512" and r["int8_peak_ops"] > 0
+assert r["pp_ceiling"] == ("int16" if w16 else "fp32"), r
+x = r["results"][0]
+ceil = r["int16_peak_ops"] if w16 else r["fma_peak_flops"]
+assert x["test"] == "pp8" and ceil > 1e8 and len(x["peak_per_rep"]) == 1, r
+assert 0.5 * ceil <= x["peak_per_rep"][0] <= 2 * ceil, r  # the same loop, measured again before the rep
+PY
+        then ok "$name: F16 pp ceiling ($kern kernels)"; else bad "$name: F16 pp ceiling ($kern kernels): $out"; fi
     done
     out=$("$bin" bench -m "$work/no-such-model.gguf" 2>&1)
     if [ $? -eq 1 ] && grep -q "no-such-model" <<<"$out"; then ok "$name: missing model"; else bad "$name: missing model: $out"; fi
