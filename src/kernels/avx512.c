@@ -391,18 +391,7 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
             aq[c] = act_words(a, t == W16, c0 + c, b);
             s[0][c] = s[1][c] = t == W16 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->corr[(c0 + c) * nb + b]);
         }
-        if (t == W16) {
-            #pragma GCC unroll 16
-            for (int j = 0; j < 16; j++) {
-                __m512i w0 = _mm512_load_si512(q0 + 64 * j), w1 = _mm512_load_si512(q1 + 64 * j);
-                #pragma GCC unroll 6
-                for (int c = 0; c < C; c++) {
-                    __m512i av = _mm512_set1_epi32(aq[c][j]);
-                    s[0][c] = _mm512_dpwssd_epi32(s[0][c], w0, av);
-                    s[1][c] = _mm512_dpwssd_epi32(s[1][c], w1, av);
-                }
-            }
-        } else if (t == KILN_WTYPE_Q4_0) {
+        if (t == KILN_WTYPE_Q4_0) {
             #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 __m512i v0 = _mm512_load_si512(q0 + 64 * j), v1 = _mm512_load_si512(q1 + 64 * j);
@@ -417,15 +406,16 @@ static inline __attribute__((always_inline)) void q_tile2(kiln_wtype t, int C, c
                     s[1][c] = _mm512_dpbusd_epi32(s[1][c], h1, ah);
                 }
             }
-        } else {
-            #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) {
+        } else { /* Q8_0: 8 vectors a block (vpdpbusd); W16: 16 (vpdpwssd) */
+            #pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                if (t != W16 && j == 8) break;
                 __m512i w0 = _mm512_load_si512(q0 + 64 * j), w1 = _mm512_load_si512(q1 + 64 * j);
                 #pragma GCC unroll 6
                 for (int c = 0; c < C; c++) {
                     __m512i av = _mm512_set1_epi32(aq[c][j]);
-                    s[0][c] = _mm512_dpbusd_epi32(s[0][c], w0, av);
-                    s[1][c] = _mm512_dpbusd_epi32(s[1][c], w1, av);
+                    s[0][c] = t == W16 ? _mm512_dpwssd_epi32(s[0][c], w0, av) : _mm512_dpbusd_epi32(s[0][c], w0, av);
+                    s[1][c] = t == W16 ? _mm512_dpwssd_epi32(s[1][c], w1, av) : _mm512_dpbusd_epi32(s[1][c], w1, av);
                 }
             }
         }
