@@ -4,6 +4,9 @@
 # llama2.c checkpoint, must print exactly the reference text (stories260K.greedy252.txt, which
 # llama.cpp reproduces byte for byte); a shorter run under ASan/UBSan must print its prefix
 # with a clean exit. Also: `kiln eval` logits agree with the numpy reference forward pass on it.
+# Its F16 and BF16 conversions (llama2c_to_gguf.py --type) through the default kernels (on
+# AVX-512: int16 dot products, W16) print the same greedy text as through the scalar reference
+# kernels (f32 arithmetic on the same weights), and the F16 one still the reference text itself.
 # Prints per-case lines and "N passed, N failed".
 set -u
 root=${KILN_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -42,6 +45,24 @@ if "$py" "$root/tools/llama2c_to_gguf.py" "$m/stories260K.bin" "$m/tok512.bin" "
 else
     bad "tools/llama2c_to_gguf.py failed"
 fi
+
+# The same weights rounded to F16 / BF16: the default kernels against the scalar reference ones.
+for t in f16 bf16; do
+    conv=$out/stories260K.real_model.$t.gguf
+    if "$py" "$root/tools/llama2c_to_gguf.py" "$m/stories260K.bin" "$m/tok512.bin" "$conv" --type "$t" >/dev/null; then
+        ref_txt=$out/real_model.$t.ref.txt
+        if KILN_KERNELS=ref "$bin" run -m "$conv" -p "$prompt" -n 252 --temp 0 >"$ref_txt" 2>/dev/null &&
+            [ "$(wc -c <"$ref_txt")" -gt 400 ]; then
+            greedy_check "$t conversion greedy 252, default kernels == ref kernels" "$bin" "$conv" 252 "$ref_txt"
+        else
+            bad "$t conversion: the ref kernels' run failed"
+        fi
+        [ "$t" = f16 ] && greedy_check "f16 conversion greedy 252 == the f32 reference text" "$bin" "$conv" 252 "$want"
+        rm -f "$conv" "$ref_txt"
+    else
+        bad "tools/llama2c_to_gguf.py --type $t failed"
+    fi
+done
 
 # Sampling through the CLI: a seed fixes the text; top-k 1 is greedy whatever the temperature.
 mod=$m/stories260K.gguf
