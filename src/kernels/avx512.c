@@ -69,16 +69,17 @@ typedef struct qact {
     float *d;
     int32_t *corr;
     int64_t nb;                /* blocks per row */
-    size_t bb;                 /* bytes of one block of quants: 32 or 64 (W16) */
 } qact;
+
+/* Bytes of one block of 32 quants. */
+static inline size_t act_block_bytes(bool w16) { return w16 ? 64 : 32; }
 
 static qact qact_alloc(int64_t n_x, int64_t n_in, bool w16) {
     qact a;
     a.nb = (n_in + 31) / 32;
-    a.bb = w16 ? 64 : 32;
-    size_t ns = (size_t)n_x * (size_t)a.nb, nq = ns * a.bb;
+    size_t ns = (size_t)n_x * (size_t)a.nb, nq = ns * act_block_bytes(w16);
     size_t nq_al = (nq + 63) & ~(size_t)63;
-    KILN_ASSERT(ns / (size_t)n_x == (size_t)a.nb && nq / a.bb == ns);
+    KILN_ASSERT(ns / (size_t)n_x == (size_t)a.nb && nq / act_block_bytes(w16) == ns);
     char *p = kiln_pool_scratch(KILN_SCRATCH_ACT, nq_al + ns * 8);
     a.q = (int8_t *)p;
     a.d = (float *)(p + nq_al);
@@ -86,11 +87,11 @@ static qact qact_alloc(int64_t n_x, int64_t n_in, bool w16) {
     return a;
 }
 
-/* The quant words (fours of int8, or pairs of int16 when w16) of activation row r, block b. The
- * block size is a constant in the tiles: a->bb read there cost Q4_0's pp512 10% (register
- * pressure in the pair tile). */
+/* The quant words (fours of int8, or pairs of int16 when w16) of activation row r, block b. w16
+ * is a constant in the tiles: a block size read from the qact there cost Q4_0's pp512 10%
+ * (register pressure in the pair tile). */
 static inline const int32_t *act_words(const qact *a, bool w16, int64_t r, int64_t b) {
-    return (const int32_t *)(a->q + (size_t)(r * a->nb + b) * (w16 ? 64 : 32));
+    return (const int32_t *)(a->q + (size_t)(r * a->nb + b) * act_block_bytes(w16));
 }
 
 /* ---- packed panels ----
@@ -483,7 +484,8 @@ static inline __attribute__((always_inline)) void q_panels_t(kiln_wtype t, const
 }
 
 /* One function per type: with the three in one, GCC's register allocation of the larger function
- * spilled a pointer in Q4_0's decode loop (engine decode 5-7% slower). */
+ * spilled a pointer in Q4_0's single-row loop (engine decode 5-7% slower in one set of interleaved
+ * runs, not reproduced in the next). */
 #define Q_PANELS_OF(NAME, T)                                                                                      \
     static __attribute__((noinline)) void NAME(const uint8_t *panel, size_t pb, int np, const qact *a, int64_t c0, \
                                                int64_t c1, float *y, int64_t n_out, int64_t o0) {                \
@@ -596,7 +598,7 @@ static void m_quant_part(void *ctx, int ith, int nth) {
     int64_t lo, hi, nb = j->a.nb;
     kiln_pool_range(j->pj.n_x, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
-        int8_t *q = j->a.q + (size_t)(r * nb) * j->a.bb;
+        int8_t *q = j->a.q + (size_t)(r * nb) * act_block_bytes(is_w16(j->t));
         if (is_w16(j->t)) quantize_row16(j->x + r * j->n_in, j->n_in, (int16_t *)q, j->a.d + r * nb);
         else quantize_row(j->x + r * j->n_in, j->n_in, off, q, j->a.d + r * nb, j->a.corr + r * nb);
     }
