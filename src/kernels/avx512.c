@@ -44,13 +44,17 @@ static void quantize_row(const float *x, int64_t n, int32_t off, int8_t *q, floa
  * products is at most 32 * 8191^2 = 2146959392 < 2^31, so it cannot overflow. */
 #define W16_MAX 8191
 
+/* Load masks of the two 16-element halves of a block of 32 with `left` (>= 1) elements in range. */
+static inline __mmask16 half_mask(int64_t left) {
+    return left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+}
+
 /* W16 activations: x (n,) -> q (nb * 32,) int16 (the tail of the last block zero), d (nb,)
  * scales amax/W16_MAX; q = round(x / d), |q| <= W16_MAX. */
 static void quantize_row16(const float *x, int64_t n, int16_t *q, float *d) {
     for (int64_t b = 0; b * 32 < n; b++) {
         int64_t left = n - 32 * b;
-        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-        __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        __mmask16 m0 = half_mask(left), m1 = half_mask(left - 16);
         __m512 v0 = _mm512_maskz_loadu_ps(m0, x + 32 * b), v1 = _mm512_maskz_loadu_ps(m1, x + 32 * b + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         float id = amax > 0 ? (float)W16_MAX / amax : 0.0f;
@@ -146,8 +150,7 @@ static size_t panel_bytes(kiln_wtype t, int64_t n_in) {
  * 2j, 2j + 1; zeros past n_in) and their biased exponent (the panel comment). */
 static uint8_t w16_block(kiln_wtype t, const uint16_t *row, int64_t n_in, int64_t b, uint32_t words[16]) {
     int64_t left = n_in - 32 * b;
-    __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-    __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    __mmask16 m0 = half_mask(left), m1 = half_mask(left - 16);
     __m256i h0 = _mm256_maskz_loadu_epi16(m0, row + 32 * b), h1 = _mm256_maskz_loadu_epi16(m1, row + 32 * b + 16);
     __m512 v0, v1;
     if (t == KILN_WTYPE_F16) {
